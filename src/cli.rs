@@ -1,0 +1,242 @@
+//! The command line: argument types and the commands that need no daemon.
+//! `main.rs` only parses, dispatches and maps errors to exit codes.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::engine::{Engine, EngineOptions, Flow, GenerateRequest, SamplingParams};
+use crate::pipeline::Pipeline;
+
+#[derive(Debug, Parser)]
+#[command(name = "edgellm", version, about = "On-device LLM daemon: a quantized ONNX model run by tract")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Answer one prompt with the model, streaming to the terminal (no daemon needed).
+    Generate {
+        prompt: String,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Model directory (overrides the config's model.dir).
+        #[arg(long)]
+        model_dir: Option<PathBuf>,
+        #[arg(long)]
+        max_tokens: Option<usize>,
+        #[arg(long)]
+        temperature: Option<f32>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Print token counts and speed to stderr.
+        #[arg(long)]
+        stats: bool,
+    },
+    /// Measure load time, prefill and decode speed and memory, for 1 and 2 threads.
+    Bench {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        model_dir: Option<PathBuf>,
+        /// Thread counts to measure.
+        #[arg(long, value_delimiter = ',', default_values_t = vec![1, 2])]
+        threads: Vec<usize>,
+        #[arg(long, default_value_t = 128)]
+        decode_tokens: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate a config file and print the effective config and its memory budget.
+    CheckConfig {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+/// Loads the config file when given, else the embedded default.
+pub fn load_config(path: Option<&Path>) -> Result<Config, crate::config::ConfigError> {
+    match path {
+        Some(p) => Config::load(p),
+        None => Ok(Config::default_config()),
+    }
+}
+
+pub fn engine_options(config: &Config, model_dir: Option<&Path>) -> EngineOptions {
+    EngineOptions {
+        model_dir: model_dir.map(Path::to_path_buf).unwrap_or_else(|| config.model.dir.clone()),
+        threads: config.model.threads,
+        context_tokens: config.model.context_tokens,
+        reuse_prefix: config.model.reuse_prefix,
+    }
+}
+
+/// `edgellm generate`: the main job without a daemon.
+pub fn generate(
+    config: &Config,
+    engine: &mut Engine,
+    prompt: &str,
+    max_tokens: Option<usize>,
+    temperature: Option<f32>,
+    seed: u64,
+    stats: bool,
+) -> anyhow::Result<()> {
+    let pipeline = Pipeline::new(config, engine)?;
+    let prepared = pipeline.prepare(engine, prompt)?;
+    let generation = pipeline.generation();
+    let sampling =
+        SamplingParams { temperature: temperature.unwrap_or(generation.temperature), seed, ..generation.sampling() };
+    let request = GenerateRequest {
+        prompt_ids: &prepared.ids,
+        shared_prefix_len: prepared.shared_prefix_len,
+        max_new_tokens: max_tokens.unwrap_or(generation.max_new_tokens).min(generation.max_new_tokens_limit),
+        sampling,
+        stop_strings: &generation.stop_strings,
+        deadline: None,
+        ignore_eos: false,
+    };
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let result = engine.generate(&request, |piece| {
+        if out.write_all(piece.as_bytes()).and_then(|_| out.flush()).is_err() {
+            return Flow::Cancel;
+        }
+        Flow::Continue
+    })?;
+    writeln!(out)?;
+    out.flush()?;
+    if stats {
+        let t = &result.timings;
+        eprintln!(
+            "prompt {} tokens, answer {} tokens ({:?}); prefill {:.0} ms, first token {:.0} ms, decode {:.1} tokens/s",
+            result.prompt_tokens,
+            result.completion_tokens,
+            result.finish_reason,
+            t.prefill_ms,
+            t.time_to_first_token_ms,
+            result.completion_tokens as f64 / (t.decode_ms / 1e3).max(1e-9)
+        );
+    }
+    Ok(())
+}
+
+/// A ~70-token question, the same one `bench/compare.py` gives onnxruntime.
+pub const BENCH_PROMPT: &str = "I am planning a small vegetable garden on a sunny balcony in a city with hot summers \
+and mild winters. Which vegetables grow well in containers, how often should I water them, \
+and what should I do about pests without using strong chemicals?";
+
+#[derive(Debug, Serialize)]
+pub struct BenchRow {
+    pub threads: usize,
+    pub load_ms: f64,
+    pub prompt_tokens: usize,
+    pub prefill_ms: f64,
+    pub prefill_tokens_per_s: f64,
+    pub time_to_first_token_ms: f64,
+    pub decode_tokens: usize,
+    pub decode_tokens_per_s: f64,
+    pub rss_mib: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BenchReport {
+    pub model: String,
+    pub quantization: String,
+    pub kv_cache: String,
+    pub rows: Vec<BenchRow>,
+    pub peak_rss_mib: f64,
+}
+
+pub fn bench(
+    config: &Config,
+    model_dir: Option<&Path>,
+    threads: &[usize],
+    decode_tokens: usize,
+) -> anyhow::Result<BenchReport> {
+    let mut rows = Vec::new();
+    let mut meta = (String::new(), String::new(), String::new());
+    for &n in threads {
+        let mut options = engine_options(config, model_dir);
+        options.threads = n;
+        // Prefill is measured from scratch: no cached system prompt.
+        options.reuse_prefix = false;
+        let started = Instant::now();
+        let mut engine = Engine::load(options)?;
+        let load_ms = started.elapsed().as_secs_f64() * 1e3;
+        let pipeline = Pipeline::new(config, &engine)?;
+        let prepared = pipeline.prepare(&engine, BENCH_PROMPT)?;
+        let request = GenerateRequest {
+            prompt_ids: &prepared.ids,
+            shared_prefix_len: 0,
+            max_new_tokens: decode_tokens,
+            sampling: SamplingParams { temperature: 0.0, repetition_penalty: 1.0, ..SamplingParams::default() },
+            stop_strings: &[],
+            deadline: None,
+            ignore_eos: true,
+        };
+        // One warm-up pass so both thread counts are measured with warm caches.
+        engine.generate(&GenerateRequest { max_new_tokens: 4, ..request.clone() }, |_| Flow::Continue)?;
+        let g = engine.generate(&request, |_| Flow::Continue)?;
+        let t = &g.timings;
+        // The first token comes from the prefill logits; decode covers the forward passes after it.
+        let decode_steps = g.completion_tokens.saturating_sub(1).max(1);
+        rows.push(BenchRow {
+            threads: n,
+            load_ms,
+            prompt_tokens: g.prompt_tokens,
+            prefill_ms: t.prefill_ms,
+            prefill_tokens_per_s: g.prompt_tokens as f64 / (t.prefill_ms / 1e3),
+            time_to_first_token_ms: t.time_to_first_token_ms,
+            decode_tokens: g.completion_tokens,
+            decode_tokens_per_s: decode_steps as f64 / (t.decode_ms / 1e3),
+            rss_mib: crate::cli::rss_mib().0,
+        });
+        let info = engine.info();
+        meta = (info.id.clone(), info.quantization.clone(), info.kv_cache.to_string());
+    }
+    Ok(BenchReport { model: meta.0, quantization: meta.1, kv_cache: meta.2, rows, peak_rss_mib: rss_mib().1 })
+}
+
+pub fn print_bench_table(report: &BenchReport) {
+    println!("model {} ({}), KV cache {}", report.model, report.quantization, report.kv_cache);
+    println!(
+        "{:>7} {:>9} {:>7} {:>11} {:>10} {:>11} {:>10} {:>8}",
+        "threads", "load ms", "prompt", "prefill t/s", "TTFT ms", "decode t/s", "decoded", "RSS MiB"
+    );
+    for r in &report.rows {
+        println!(
+            "{:>7} {:>9.0} {:>7} {:>11.1} {:>10.1} {:>11.1} {:>10} {:>8.1}",
+            r.threads,
+            r.load_ms,
+            r.prompt_tokens,
+            r.prefill_tokens_per_s,
+            r.time_to_first_token_ms,
+            r.decode_tokens_per_s,
+            r.decode_tokens,
+            r.rss_mib
+        );
+    }
+    println!("peak RSS {:.1} MiB", report.peak_rss_mib);
+}
+
+/// (current, peak) resident set size of this process in MiB, from /proc.
+pub fn rss_mib() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .map(|kib| kib / 1024.0)
+            .unwrap_or(0.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}

@@ -1,0 +1,190 @@
+//! The engine against the real model: golden tokens from onnxruntime, streaming, limits,
+//! cancellation, deadlines and seeded sampling.
+
+mod common;
+
+use std::time::Instant;
+
+use edgellm::config::Config;
+use edgellm::engine::{EngineError, FinishReason, Flow, GenerateRequest, SamplingParams};
+use edgellm::pipeline::{Pipeline, PipelineError};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+struct Golden {
+    cases: Vec<GoldenCase>,
+}
+
+#[derive(Deserialize)]
+struct GoldenCase {
+    question: String,
+    prompt_ids: Vec<u32>,
+    greedy_ids: Vec<u32>,
+}
+
+fn greedy() -> SamplingParams {
+    SamplingParams { temperature: 0.0, repetition_penalty: 1.0, ..SamplingParams::default() }
+}
+
+fn request(ids: &[u32], max_new_tokens: usize, sampling: SamplingParams) -> GenerateRequest<'_> {
+    GenerateRequest {
+        prompt_ids: ids,
+        shared_prefix_len: 0,
+        max_new_tokens,
+        sampling,
+        stop_strings: &[],
+        deadline: None,
+        ignore_eos: false,
+    }
+}
+
+#[test]
+fn tract_greedy_tokens_equal_onnxruntime_golden_tokens() {
+    let golden: Golden =
+        serde_json::from_str(&std::fs::read_to_string(common::model_dir().join("golden.json")).unwrap()).unwrap();
+    assert!(golden.cases.len() >= 3);
+    let mut engine = common::shared_engine();
+    for case in &golden.cases {
+        let ids = engine.greedy_ids(&case.prompt_ids, case.greedy_ids.len()).unwrap();
+        assert_eq!(ids, case.greedy_ids, "greedy tokens differ from onnxruntime for {:?}", case.question);
+    }
+}
+
+#[test]
+fn capital_of_france_is_paris() {
+    let mut engine = common::shared_engine();
+    let config = Config::default_config();
+    let pipeline = Pipeline::new(&config, &engine).unwrap();
+    let prompt = pipeline.prepare(&engine, "What is the capital of France?").unwrap();
+    let g = engine.generate(&request(&prompt.ids, 32, greedy()), |_| Flow::Continue).unwrap();
+    assert!(g.text.contains("Paris"), "answer: {:?}", g.text);
+    assert_eq!(g.finish_reason, FinishReason::Stop);
+}
+
+#[test]
+fn streamed_pieces_equal_the_final_text_and_the_decoded_tokens() {
+    let mut engine = common::shared_engine();
+    let config = Config::default_config();
+    let pipeline = Pipeline::new(&config, &engine).unwrap();
+    // Accents and emoji span several byte-level tokens: pieces must still be whole characters.
+    let prompt =
+        pipeline.prepare(&engine, "Write one short sentence in French about crème brûlée, then an emoji.").unwrap();
+    let mut streamed = String::new();
+    let mut pieces = 0;
+    let g = engine
+        .generate(&request(&prompt.ids, 48, greedy()), |piece| {
+            streamed.push_str(piece);
+            pieces += usize::from(!piece.is_empty());
+            Flow::Continue
+        })
+        .unwrap();
+    assert!(pieces > 5, "expected many streamed pieces, got {pieces}");
+    assert_eq!(streamed, g.text);
+    assert_eq!(g.text, engine.decode(&g.token_ids));
+    assert!(!g.text.contains('\u{FFFD}'));
+}
+
+#[test]
+fn stop_string_cuts_the_answer_before_it() {
+    let mut engine = common::shared_engine();
+    let config = Config::default_config();
+    let pipeline = Pipeline::new(&config, &engine).unwrap();
+    let prompt = pipeline.prepare(&engine, "What is the capital of France?").unwrap();
+    let full = engine.generate(&request(&prompt.ids, 32, greedy()), |_| Flow::Continue).unwrap();
+    let at = full.text.find("Paris").expect("answer names Paris");
+    let stops = vec!["Paris".to_string()];
+    let mut streamed = String::new();
+    let cut = engine
+        .generate(&GenerateRequest { stop_strings: &stops, ..request(&prompt.ids, 32, greedy()) }, |p| {
+            streamed.push_str(p);
+            Flow::Continue
+        })
+        .unwrap();
+    assert_eq!(cut.finish_reason, FinishReason::Stop);
+    assert_eq!(cut.text, full.text[..at]);
+    assert_eq!(streamed, cut.text, "no part of the stop string was streamed");
+}
+
+#[test]
+fn too_long_prompt_is_a_clear_error() {
+    let mut engine = common::shared_engine();
+    let limit = engine.context_tokens();
+    let ids = vec![100u32; limit + 5];
+    match engine.generate(&request(&ids, 8, greedy()), |_| Flow::Continue) {
+        Err(EngineError::PromptTooLong { tokens, limit: l }) => {
+            assert_eq!(tokens, limit + 5);
+            assert_eq!(l, limit);
+        }
+        other => panic!("expected PromptTooLong, got {:?}", other.map(|g| g.finish_reason)),
+    }
+    // And the pipeline counts tokens after the chat template.
+    let mut config = Config::default_config();
+    config.limits.max_prompt_tokens = 40;
+    let pipeline = Pipeline::new(&config, &engine).unwrap();
+    let err = pipeline.prepare(&engine, &"word ".repeat(50)).unwrap_err();
+    assert!(matches!(err, PipelineError::TooManyTokens { limit: 40, .. }), "{err}");
+}
+
+#[test]
+fn cancellation_stops_between_tokens() {
+    let mut engine = common::shared_engine();
+    let config = Config::default_config();
+    let pipeline = Pipeline::new(&config, &engine).unwrap();
+    let prompt = pipeline.prepare(&engine, "Tell me a long story about a dragon.").unwrap();
+    let mut calls = 0;
+    let g = engine
+        .generate(&request(&prompt.ids, 100, greedy()), |_| {
+            calls += 1;
+            if calls == 5 { Flow::Cancel } else { Flow::Continue }
+        })
+        .unwrap();
+    assert_eq!(g.finish_reason, FinishReason::Cancelled);
+    assert_eq!(g.completion_tokens, 5);
+}
+
+#[test]
+fn deadline_ends_generation() {
+    let mut engine = common::shared_engine();
+    let config = Config::default_config();
+    let pipeline = Pipeline::new(&config, &engine).unwrap();
+    let prompt = pipeline.prepare(&engine, "Tell me a long story about a dragon.").unwrap();
+    let started = Instant::now();
+    let deadline = Some(started + std::time::Duration::from_millis(300));
+    let g = engine
+        .generate(&GenerateRequest { deadline, ..request(&prompt.ids, 500, greedy()) }, |_| Flow::Continue)
+        .unwrap();
+    assert_eq!(g.finish_reason, FinishReason::Deadline);
+    assert!(g.completion_tokens < 500);
+}
+
+#[test]
+fn seeded_sampling_is_reproducible() {
+    let mut engine = common::shared_engine();
+    let config = Config::default_config();
+    let pipeline = Pipeline::new(&config, &engine).unwrap();
+    let prompt = pipeline.prepare(&engine, "Invent a name for a cat.").unwrap();
+    let sample = |engine: &mut edgellm::engine::Engine, seed| {
+        let sampling = SamplingParams { temperature: 1.0, top_k: 50, top_p: 0.95, seed, ..SamplingParams::default() };
+        engine.generate(&request(&prompt.ids, 24, sampling), |_| Flow::Continue).unwrap().token_ids
+    };
+    let a = sample(&mut engine, 42);
+    assert_eq!(a, sample(&mut engine, 42), "same seed, same tokens");
+    let others: Vec<_> = (43..46).map(|s| sample(&mut engine, s)).collect();
+    assert!(others.iter().any(|o| *o != a), "different seeds should sample differently");
+}
+
+#[test]
+fn cached_system_prompt_gives_the_same_answer() {
+    let mut engine = common::shared_engine();
+    let config = Config::default_config();
+    let pipeline = Pipeline::new(&config, &engine).unwrap();
+    let prompt = pipeline.prepare(&engine, "Name a primary colour.").unwrap();
+    assert!(prompt.shared_prefix_len > 10, "the system turn is a shared prefix");
+    let cold = engine.generate(&request(&prompt.ids, 16, greedy()), |_| Flow::Continue).unwrap();
+    let shared = GenerateRequest { shared_prefix_len: prompt.shared_prefix_len, ..request(&prompt.ids, 16, greedy()) };
+    let first = engine.generate(&shared, |_| Flow::Continue).unwrap();
+    let warm = engine.generate(&shared, |_| Flow::Continue).unwrap();
+    assert_eq!(warm.timings.reused_prefix_tokens, prompt.shared_prefix_len);
+    assert_eq!(cold.token_ids, first.token_ids);
+    assert_eq!(cold.token_ids, warm.token_ids);
+}
