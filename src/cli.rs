@@ -148,6 +148,8 @@ pub struct BenchRow {
 #[derive(Debug, Serialize)]
 pub struct BenchReport {
     pub model: String,
+    /// The measured prompt, so other runtimes can be given exactly the same tokens.
+    pub prompt_ids: Vec<u32>,
     pub quantization: String,
     pub kv_cache: String,
     pub rows: Vec<BenchRow>,
@@ -162,6 +164,7 @@ pub fn bench(
 ) -> anyhow::Result<BenchReport> {
     let mut rows = Vec::new();
     let mut meta = (String::new(), String::new(), String::new());
+    let mut prompt_ids = Vec::new();
     for &n in threads {
         let mut options = engine_options(config, model_dir);
         options.threads = n;
@@ -198,10 +201,11 @@ pub fn bench(
             decode_tokens_per_s: decode_steps as f64 / (t.decode_ms / 1e3),
             rss_mib: crate::cli::rss_mib().0,
         });
+        prompt_ids = prepared.ids.clone();
         let info = engine.info();
         meta = (info.id.clone(), info.quantization.clone(), info.kv_cache.to_string());
     }
-    Ok(BenchReport { model: meta.0, quantization: meta.1, kv_cache: meta.2, rows, peak_rss_mib: rss_mib().1 })
+    Ok(BenchReport { model: meta.0, prompt_ids, quantization: meta.1, kv_cache: meta.2, rows, peak_rss_mib: rss_mib().1 })
 }
 
 pub fn print_bench_table(report: &BenchReport) {

@@ -159,6 +159,8 @@ struct PrefixSnapshot {
 
 pub struct Engine {
     plan: Arc<TypedRunnableModel>,
+    /// tract's thread pool, used for steps that are worth it (see `forward`).
+    executor: Option<tract_linalg::multithread::Executor>,
     io: ModelIo,
     tokenizer: Tokenizer,
     manifest: ModelManifest,
@@ -194,7 +196,7 @@ impl Engine {
             None => sha256_file(&model_path)?,
         };
 
-        let (plan, io, in_state) = build_plan(&model_path, &manifest, options.threads)
+        let (plan, io, in_state) = build_plan(&model_path, &manifest)
             .map_err(|e| EngineError::Model(format!("{}: {e:#}", model_path.display())))?;
         let info = ModelInfo {
             id: manifest.id.clone(),
@@ -208,7 +210,9 @@ impl Engine {
             context_tokens: options.context_tokens,
         };
         let sampler = Sampler::new(manifest.dims.vocab);
-        Ok(Engine { plan, io, tokenizer, manifest, info, options, sampler, prefix: None })
+        let executor = (options.threads > 1)
+            .then(|| tract_linalg::multithread::Executor::multithread_with_name(options.threads, "edgellm-mm"));
+        Ok(Engine { plan, executor, io, tokenizer, manifest, info, options, sampler, prefix: None })
     }
 
     pub fn info(&self) -> &ModelInfo {
@@ -279,7 +283,13 @@ impl Engine {
             .enumerate()
             .map(|(i, v)| v.ok_or_else(|| EngineError::Inference(format!("model input {i} is not fed"))))
             .collect::<Result<_, _>>()?;
-        let mut outputs = seq.state.run(inputs).map_err(EngineError::inference)?;
+        let mut outputs = match &self.executor {
+            Some(pool) if n >= parallel_min_tokens() => {
+                tract_linalg::multithread::multithread_tract_scope(pool.clone(), || seq.state.run(inputs))
+            }
+            _ => seq.state.run(inputs),
+        }
+        .map_err(EngineError::inference)?;
         for &out in &self.io.present {
             seq.past.push(std::mem::replace(&mut outputs[out], Tensor::zero::<f32>(&[0]).unwrap().into_tvalue()));
         }
@@ -435,10 +445,15 @@ fn sha256_file(path: &Path) -> Result<String, EngineError> {
     Ok(hex::encode(hasher.finalize()))
 }
 
+/// Steps with fewer tokens than this run on one thread: for a single decode token the
+/// matrices are too thin for a second thread to pay for its synchronisation (measured).
+fn parallel_min_tokens() -> usize {
+    std::env::var("EDGELLM_PARALLEL_MIN_TOKENS").ok().and_then(|v| v.parse().ok()).unwrap_or(2)
+}
+
 fn build_plan(
     path: &Path,
     manifest: &ModelManifest,
-    threads: usize,
 ) -> TractResult<(Arc<TypedRunnableModel>, ModelIo, bool)> {
     let model = tract_onnx::onnx().model_for_path(path)?;
     let mut typed = model.into_typed()?.into_decluttered()?;
@@ -449,9 +464,8 @@ fn build_plan(
     let in_state = typed.inputs.len() < inputs_before;
     let io = model_io(&typed, manifest)?;
     let typed = typed.into_optimized()?;
-    let executor = if threads > 1 { Some(tract_linalg::multithread::Executor::multithread(threads)) } else { None };
-    let options = RunOptions { executor, ..Default::default() };
-    let plan = typed.into_runnable_with_options(&options)?;
+    // No executor in the plan: `forward` picks one per step.
+    let plan = typed.into_runnable_with_options(&RunOptions::default())?;
     Ok((plan, io, in_state))
 }
 
