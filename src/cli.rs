@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use serde::Serialize;
 
 use crate::config::Config;
+pub use crate::budget::MemoryBudget;
 use crate::engine::{Engine, EngineOptions, Flow, GenerateRequest, SamplingParams};
 use crate::pipeline::Pipeline;
 
@@ -59,6 +60,86 @@ pub enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Run the daemon: Unix socket and MQTT, until SIGTERM/SIGINT (SIGHUP reloads).
+    Serve {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Ask the running daemon over its Unix socket; the answer is streamed.
+    Ask {
+        prompt: String,
+        /// Socket path (default: the config's socket.path).
+        #[arg(long, short)]
+        socket: Option<PathBuf>,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        session: Option<String>,
+        #[arg(long)]
+        max_tokens: Option<usize>,
+        #[arg(long)]
+        temperature: Option<f32>,
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Print the final JSON event instead of streaming text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the running daemon's health document (from its Unix socket).
+    Health {
+        #[arg(long, short)]
+        socket: Option<PathBuf>,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+/// Sets up logging: the config's level unless RUST_LOG says otherwise; plain lines without
+/// timestamps under systemd (the journal adds its own).
+pub fn init_logging(level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let under_journal = std::env::var_os("JOURNAL_STREAM").is_some();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false);
+    let _ = if under_journal { builder.without_time().try_init() } else { builder.try_init() };
+}
+
+/// Completes on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = int.recv() => tracing::info!("SIGINT"),
+    }
+}
+
+/// One request over the daemon's socket; streams token text to stdout. Returns the final
+/// event (done or error) as JSON.
+pub async fn ask(socket: &Path, request: serde_json::Value, print_tokens: bool) -> anyhow::Result<serde_json::Value> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot connect to {}: {e}", socket.display()))?;
+    let (read, mut write) = stream.into_split();
+    write.write_all(format!("{request}\n").as_bytes()).await?;
+    let mut lines = BufReader::new(read).lines();
+    let mut stdout = std::io::stdout();
+    while let Some(line) = lines.next_line().await? {
+        let event: serde_json::Value = serde_json::from_str(&line)?;
+        match event["event"].as_str() {
+            Some("token") if print_tokens => {
+                stdout.write_all(event["text"].as_str().unwrap_or("").as_bytes())?;
+                stdout.flush()?;
+            }
+            Some("token") => {}
+            _ => return Ok(event),
+        }
+    }
+    anyhow::bail!("the daemon closed the connection without an answer")
 }
 
 /// Loads the config file when given, else the embedded default.
@@ -75,6 +156,7 @@ pub fn engine_options(config: &Config, model_dir: Option<&Path>) -> EngineOption
         threads: config.model.threads,
         context_tokens: config.model.context_tokens,
         reuse_prefix: config.model.reuse_prefix,
+        prefill_chunk_tokens: config.model.prefill_chunk_tokens,
     }
 }
 

@@ -61,11 +61,19 @@ pub struct ModelConfig {
     pub context_tokens: usize,
     /// Keep the KV state of the system prompt between requests.
     pub reuse_prefix: bool,
+    /// Prompt tokens run through the model per step; bounds the activation memory.
+    pub prefill_chunk_tokens: usize,
 }
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        ModelConfig { dir: PathBuf::from("models/smollm2"), threads: 2, context_tokens: 2048, reuse_prefix: true }
+        ModelConfig {
+            dir: PathBuf::from("models/smollm2"),
+            threads: 2,
+            context_tokens: 2048,
+            reuse_prefix: true,
+            prefill_chunk_tokens: 64,
+        }
     }
 }
 
@@ -188,13 +196,6 @@ impl SocketConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MqttProtocol {
-    V5,
-    V311,
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MqttConfig {
@@ -207,7 +208,6 @@ pub struct MqttConfig {
     pub password: String,
     /// Read the password from this file instead (keeps it out of the config).
     pub password_file: Option<PathBuf>,
-    pub protocol: MqttProtocol,
     pub keep_alive_secs: u64,
     /// Empty means `edgellm/<device_id>`.
     pub topic_prefix: String,
@@ -237,7 +237,6 @@ impl Default for MqttConfig {
             username: String::new(),
             password: String::new(),
             password_file: None,
-            protocol: MqttProtocol::V5,
             keep_alive_secs: 30,
             topic_prefix: String::new(),
             qos: 1,
@@ -326,6 +325,9 @@ impl Config {
         }
         if !(16..=32_768).contains(&m.context_tokens) {
             return Err(invalid("model.context_tokens", "must be between 16 and 32768"));
+        }
+        if !(1..=1024).contains(&m.prefill_chunk_tokens) {
+            return Err(invalid("model.prefill_chunk_tokens", "must be between 1 and 1024"));
         }
         let g = &self.generation;
         if g.max_new_tokens == 0 || g.max_new_tokens > g.max_new_tokens_limit {

@@ -6,14 +6,23 @@
 //! - [`pipeline`]: the prompt's stages in fixed order — [`pipeline::preprocess`] (clean,
 //!   chat template, token limits), then inference, then post-processing.
 //! - [`engine`]: the ONNX model run by tract, the tokenizer, sampling and streaming.
-//! - [`cli`]: the commands (`generate`, `bench`, ...), each a thin layer over the above.
+//! - [`protocol`]: the request/event format shared by the transports.
+//! - [`transport`]: the Unix socket and MQTT, which feed the [`daemon`]'s bounded queue.
+//! - [`daemon`]: admission, the inference worker thread, lifecycle (signals, drain, systemd).
+//! - [`health`]: counters, latency histograms, the health document; [`budget`]: memory bounds.
+//! - [`cli`]: the commands (`generate`, `serve`, `ask`, ...), each a thin layer over the above.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
+pub mod budget;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod engine;
+pub mod health;
 pub mod pipeline;
+pub mod protocol;
+pub mod transport;
 
 /// Process exit codes, documented in the README; systemd's `RestartPreventExitStatus=` uses
 /// the bad-config one.

@@ -27,8 +27,18 @@ fn bad_config(e: impl Into<anyhow::Error>) -> Failure {
 fn model_load(e: impl Into<anyhow::Error>) -> Failure {
     (exit_code::MODEL_LOAD, e.into())
 }
-fn runtime(e: impl Into<anyhow::Error>) -> Failure {
+fn runtime_err(e: impl Into<anyhow::Error>) -> Failure {
     (exit_code::RUNTIME, e.into())
+}
+
+/// A small runtime: the transports are light, inference has its own thread.
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("edgellm-io")
+        .enable_all()
+        .build()
+        .map_err(runtime_err)
 }
 
 fn run(cli: Cli) -> Result<(), Failure> {
@@ -36,13 +46,13 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Generate { prompt, config, model_dir, max_tokens, temperature, seed, stats } => {
             let config = cli::load_config(config.as_deref()).map_err(bad_config)?;
             let mut engine = Engine::load(cli::engine_options(&config, model_dir.as_deref())).map_err(model_load)?;
-            cli::generate(&config, &mut engine, &prompt, max_tokens, temperature, seed, stats).map_err(runtime)
+            cli::generate(&config, &mut engine, &prompt, max_tokens, temperature, seed, stats).map_err(runtime_err)
         }
         Command::Bench { config, model_dir, threads, decode_tokens, json } => {
             let config = cli::load_config(config.as_deref()).map_err(bad_config)?;
             let report = cli::bench(&config, model_dir.as_deref(), &threads, decode_tokens).map_err(model_load)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&report).map_err(runtime)?);
+                println!("{}", serde_json::to_string_pretty(&report).map_err(runtime_err)?);
             } else {
                 cli::print_bench_table(&report);
             }
@@ -51,6 +61,53 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::CheckConfig { config } => {
             let config = cli::load_config(config.as_deref()).map_err(bad_config)?;
             print!("{}", config.to_display_toml());
+            println!();
+            print!("{}", cli::MemoryBudget::estimate(&config).render());
+            Ok(())
+        }
+        Command::Serve { config: path } => {
+            let config = cli::load_config(path.as_deref()).map_err(bad_config)?;
+            cli::init_logging(&config.logging.level);
+            let runtime = runtime()?;
+            runtime
+                .block_on(edgellm::daemon::run(config, path, cli::shutdown_signal()))
+                .map_err(|e| (e.exit_code(), e.into()))
+        }
+        Command::Ask { prompt, socket, config, session, max_tokens, temperature, seed, json } => {
+            let config = cli::load_config(config.as_deref()).map_err(bad_config)?;
+            let socket = socket.unwrap_or(config.socket.path);
+            let mut request = serde_json::json!({"prompt": prompt, "stream": !json});
+            for (key, value) in [
+                ("session", session.map(serde_json::Value::from)),
+                ("max_tokens", max_tokens.map(serde_json::Value::from)),
+                ("temperature", temperature.map(serde_json::Value::from)),
+                ("seed", seed.map(serde_json::Value::from)),
+            ] {
+                if let Some(v) = value {
+                    request[key] = v;
+                }
+            }
+            let last = runtime()?.block_on(cli::ask(&socket, request, !json)).map_err(runtime_err)?;
+            if json {
+                println!("{last}");
+            } else {
+                println!();
+            }
+            match last["event"].as_str() {
+                Some("done") => Ok(()),
+                _ => Err(runtime_err(anyhow::anyhow!(
+                    "{}: {}",
+                    last["code"].as_str().unwrap_or("error"),
+                    last["message"].as_str().unwrap_or("")
+                ))),
+            }
+        }
+        Command::Health { socket, config } => {
+            let config = cli::load_config(config.as_deref()).map_err(bad_config)?;
+            let socket = socket.unwrap_or(config.socket.path);
+            let event =
+                runtime()?.block_on(cli::ask(&socket, serde_json::json!({"op": "health"}), false)).map_err(runtime_err)?;
+            println!("{}", serde_json::to_string_pretty(&event["health"]).map_err(runtime_err)?);
             Ok(())
         }
     }

@@ -58,11 +58,19 @@ pub struct EngineOptions {
     pub context_tokens: usize,
     /// Keep the KV state of the common prompt prefix (system prompt) between requests.
     pub reuse_prefix: bool,
+    /// Prompt tokens per forward pass: bounds logits and attention memory during prefill.
+    pub prefill_chunk_tokens: usize,
 }
 
 impl EngineOptions {
     pub fn new(model_dir: impl Into<PathBuf>) -> Self {
-        EngineOptions { model_dir: model_dir.into(), threads: 2, context_tokens: 2048, reuse_prefix: true }
+        EngineOptions {
+            model_dir: model_dir.into(),
+            threads: 2,
+            context_tokens: 2048,
+            reuse_prefix: true,
+            prefill_chunk_tokens: 64,
+        }
     }
 }
 
@@ -302,6 +310,14 @@ impl Engine {
         Ok(())
     }
 
+    /// Runs a prompt in chunks of `prefill_chunk_tokens`; the logits are the last position's.
+    fn prefill(&self, seq: &mut DecodeState, ids: &[u32], logits: &mut Vec<f32>) -> Result<(), EngineError> {
+        for chunk in ids.chunks(self.options.prefill_chunk_tokens.max(1)) {
+            self.forward(seq, chunk, logits)?;
+        }
+        Ok(())
+    }
+
     /// The state after `prefix`, from the snapshot when it matches, else computed (and kept).
     fn state_for_prefix(&mut self, prefix: &[u32], logits: &mut Vec<f32>) -> Result<(DecodeState, bool), EngineError> {
         if let Some(snapshot) = &self.prefix
@@ -310,9 +326,7 @@ impl Engine {
             return Ok((snapshot.state.clone(), true));
         }
         let mut seq = self.new_state()?;
-        if !prefix.is_empty() {
-            self.forward(&mut seq, prefix, logits)?;
-        }
+        self.prefill(&mut seq, prefix, logits)?;
         if self.options.reuse_prefix && !prefix.is_empty() {
             self.prefix = Some(PrefixSnapshot { state: seq.clone() });
         }
@@ -339,8 +353,7 @@ impl Engine {
         // The prefix must leave at least one token to run, which yields the first logits.
         let shared = if self.options.reuse_prefix { req.shared_prefix_len.min(prompt.len() - 1) } else { 0 };
         let (mut seq, reused) = self.state_for_prefix(&prompt[..shared], &mut logits)?;
-        let rest = &prompt[shared..];
-        self.forward(&mut seq, rest, &mut logits)?;
+        self.prefill(&mut seq, &prompt[shared..], &mut logits)?;
         let prefill = started.elapsed();
 
         let mut rng = SeededRng::new(req.sampling.seed);
@@ -409,7 +422,7 @@ impl Engine {
     pub fn greedy_ids(&mut self, prompt_ids: &[u32], max_new: usize) -> Result<Vec<u32>, EngineError> {
         let mut seq = self.new_state()?;
         let mut logits = Vec::new();
-        self.forward(&mut seq, prompt_ids, &mut logits)?;
+        self.prefill(&mut seq, prompt_ids, &mut logits)?;
         let mut out = Vec::new();
         for _ in 0..max_new {
             let id = sampler::argmax(&logits);

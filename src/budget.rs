@@ -1,0 +1,99 @@
+//! The memory budget implied by a config: every bounded structure at its capacity. The daemon
+//! cannot grow past these bounds; the figure is what `check-config` prints and what the
+//! health report compares RSS against.
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::engine::ModelManifest;
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BudgetLine {
+    pub item: &'static str,
+    pub mib: f64,
+    pub how: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MemoryBudget {
+    pub lines: Vec<BudgetLine>,
+}
+
+impl MemoryBudget {
+    pub fn estimate(config: &Config) -> MemoryBudget {
+        let mut lines = Vec::new();
+        let mut add = |item, bytes: f64, how: String| lines.push(BudgetLine { item, mib: (bytes / MIB * 10.0).round() / 10.0, how });
+        let manifest = ModelManifest::load(&config.model.dir).ok().map(|(m, _)| m);
+        let file_bytes = manifest
+            .as_ref()
+            .and_then(|m| std::fs::metadata(m.model_path(&config.model.dir)).ok())
+            .map(|m| m.len() as f64)
+            .unwrap_or(0.0);
+        add("model weights", file_bytes, format!("size of the model file in {}", config.model.dir.display()));
+        add("runtime", 48.0 * MIB, "tract plan, tokenizer, thread stacks, allocator (measured)".into());
+        if let Some(m) = &manifest {
+            let d = &m.dims;
+            let per_token = (d.layers * 2 * d.kv_heads * d.head_dim * 4) as f64;
+            let ctx = config.model.context_tokens as f64;
+            add(
+                "KV cache",
+                per_token * ctx * 2.0,
+                format!(
+                    "{} layers x K,V x {} heads x {} dims x f32 = {:.0} KiB/token, x {} tokens, x2 while a step appends",
+                    d.layers,
+                    d.kv_heads,
+                    d.head_dim,
+                    per_token / 1024.0,
+                    config.model.context_tokens
+                ),
+            );
+            let chunk = config.model.prefill_chunk_tokens as f64;
+            add(
+                "activations",
+                chunk * (d.vocab as f64 * 4.0 * 2.0 + (d.heads as f64 * ctx * 4.0) * 2.0),
+                format!("prefill chunk of {} tokens: logits and attention scores", config.model.prefill_chunk_tokens),
+            );
+            add("sampler", d.vocab as f64 * 8.0, "one candidate buffer of vocabulary size".into());
+        }
+        let q = &config.queue;
+        let per_request =
+            config.limits.max_prompt_bytes as f64 + (config.generation.max_new_tokens_limit + 2) as f64 * 48.0 + 1024.0;
+        add(
+            "queue",
+            (q.capacity + 1) as f64 * per_request,
+            format!("{} queued + 1 running request, each prompt and its event channel", q.capacity),
+        );
+        if config.socket.enabled {
+            let s = &config.socket;
+            add(
+                "socket clients",
+                s.max_connections as f64 * (s.max_line_bytes as f64 + 64.0 * 1024.0),
+                format!("{} connections x (line buffer + reply buffer)", s.max_connections),
+            );
+        }
+        if config.mqtt.enabled {
+            let m = &config.mqtt;
+            add(
+                "MQTT",
+                (m.reply_buffer + 16) as f64 * m.max_payload_bytes as f64 + m.dedup_window as f64 * 160.0,
+                format!("{} buffered replies x {} bytes, {} remembered ids", m.reply_buffer, m.max_payload_bytes, m.dedup_window),
+            );
+        }
+        MemoryBudget { lines }
+    }
+
+    pub fn total_mib(&self) -> f64 {
+        self.lines.iter().map(|l| l.mib).sum()
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::from("memory budget (upper bounds at full capacity):\n");
+        for l in &self.lines {
+            out.push_str(&format!("  {:<16} {:>8.1} MiB  {}\n", l.item, l.mib, l.how));
+        }
+        out.push_str(&format!("  {:<16} {:>8.1} MiB\n", "total", self.total_mib()));
+        out
+    }
+}

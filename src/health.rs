@@ -1,0 +1,456 @@
+//! Health: lock-free counters that the stages and transports increment, fixed-size latency
+//! histograms, and the health document built from them (the same on MQTT and the socket).
+//!
+//! The document (`HealthDoc`, JSON) has these fields, documented in the README:
+//! `device_id`, `version`, `state` (`starting` | `ready` | `degraded` | `draining`),
+//! `degraded_reasons`, `uptime_s`, `model`, `memory`, `cpu`, `temperature_c`, `disk`,
+//! `queue`, `counters`, `latency_ms` (`time_to_first_token` and `total`, p50/p95/p99 over the
+//! recent window), `tokens_per_second`, `mqtt` (`connected`, `reconnects`), `last_error`.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::engine::ModelInfo;
+use crate::protocol::ErrorCode;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Starting,
+    Ready,
+    Degraded,
+    Draining,
+}
+
+/// Log-spaced buckets from 1 ms: bucket i holds values up to 1.25^i ms; the last is open.
+const BUCKETS: usize = 64;
+
+fn bucket_upper_ms(i: usize) -> f64 {
+    1.25f64.powi(i as i32)
+}
+
+fn bucket_of(ms: f64) -> usize {
+    if ms <= 1.0 {
+        return 0;
+    }
+    ((ms.ln() / 1.25f64.ln()).ceil() as usize).min(BUCKETS - 1)
+}
+
+/// A latency histogram over a recent window: two fixed arrays, the older one dropped when the
+/// window turns. Memory is fixed; recording is a couple of atomic adds.
+#[derive(Debug)]
+pub struct WindowedHistogram {
+    halves: [[AtomicU64; BUCKETS]; 2],
+    current: AtomicUsize,
+    turned_at_s: AtomicU64,
+    window_s: u64,
+}
+
+impl WindowedHistogram {
+    pub fn new(window_s: u64) -> Self {
+        WindowedHistogram {
+            halves: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
+            current: AtomicUsize::new(0),
+            turned_at_s: AtomicU64::new(0),
+            window_s: window_s.max(2) / 2,
+        }
+    }
+
+    fn maybe_turn(&self, now_s: u64) {
+        let turned = self.turned_at_s.load(Relaxed);
+        if now_s >= turned + self.window_s
+            && self.turned_at_s.compare_exchange(turned, now_s, Relaxed, Relaxed).is_ok()
+        {
+            let next = 1 - self.current.load(Relaxed);
+            for b in &self.halves[next] {
+                b.store(0, Relaxed);
+            }
+            self.current.store(next, Relaxed);
+        }
+    }
+
+    pub fn record(&self, ms: f64, now_s: u64) {
+        self.maybe_turn(now_s);
+        self.halves[self.current.load(Relaxed)][bucket_of(ms)].fetch_add(1, Relaxed);
+    }
+
+    /// (p50, p95, p99) in ms, as bucket upper bounds; None without samples.
+    pub fn percentiles(&self, now_s: u64) -> Option<[f64; 3]> {
+        self.maybe_turn(now_s);
+        let counts: [u64; BUCKETS] = std::array::from_fn(|i| self.halves[0][i].load(Relaxed) + self.halves[1][i].load(Relaxed));
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let quantile = |q: f64| {
+            let rank = (q * total as f64).ceil().max(1.0) as u64;
+            let mut seen = 0;
+            for (i, c) in counts.iter().enumerate() {
+                seen += c;
+                if seen >= rank {
+                    return (bucket_upper_ms(i) * 10.0).round() / 10.0;
+                }
+            }
+            bucket_upper_ms(BUCKETS - 1)
+        };
+        Some([quantile(0.50), quantile(0.95), quantile(0.99)])
+    }
+}
+
+/// Everything the daemon counts. Stages and transports only increment; the reporter reads.
+#[derive(Debug)]
+pub struct Metrics {
+    started: Instant,
+    state: AtomicU8,
+    pub requests: AtomicU64,
+    pub completed: AtomicU64,
+    pub cancellations: AtomicU64,
+    pub busy_rejections: AtomicU64,
+    pub cache_hits: AtomicU64,
+    pub cache_misses: AtomicU64,
+    pub tokens_generated: AtomicU64,
+    pub safety_blocks: AtomicU64,
+    pub safety_redactions: AtomicU64,
+    pub safety_flags: AtomicU64,
+    errors_by_code: [AtomicU64; ErrorCode::ALL.len()],
+    pub queue_depth: AtomicUsize,
+    pub queue_capacity: AtomicUsize,
+    pub mqtt_connected: AtomicBool,
+    pub mqtt_reconnects: AtomicU64,
+    pub mqtt_replies_dropped: AtomicU64,
+    pub knowledge_reload_failed: AtomicBool,
+    /// Bumped by the inference worker each step: the watchdog's proof of progress.
+    pub worker_heartbeat: AtomicU64,
+    pub worker_busy: AtomicBool,
+    last_error: Mutex<Option<(ErrorCode, u64)>>,
+    pub ttft: WindowedHistogram,
+    pub total_latency: WindowedHistogram,
+    decode_tokens_window: [AtomicU64; 2],
+    decode_us_window: [AtomicU64; 2],
+    decode_window_turned_s: AtomicU64,
+    decode_current: AtomicUsize,
+    window_s: u64,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+impl Metrics {
+    pub fn new(window_s: u64) -> Self {
+        Metrics {
+            started: Instant::now(),
+            state: AtomicU8::new(0),
+            requests: AtomicU64::new(0),
+            completed: AtomicU64::new(0),
+            cancellations: AtomicU64::new(0),
+            busy_rejections: AtomicU64::new(0),
+            cache_hits: AtomicU64::new(0),
+            cache_misses: AtomicU64::new(0),
+            tokens_generated: AtomicU64::new(0),
+            safety_blocks: AtomicU64::new(0),
+            safety_redactions: AtomicU64::new(0),
+            safety_flags: AtomicU64::new(0),
+            errors_by_code: std::array::from_fn(|_| AtomicU64::new(0)),
+            queue_depth: AtomicUsize::new(0),
+            queue_capacity: AtomicUsize::new(0),
+            mqtt_connected: AtomicBool::new(false),
+            mqtt_reconnects: AtomicU64::new(0),
+            mqtt_replies_dropped: AtomicU64::new(0),
+            knowledge_reload_failed: AtomicBool::new(false),
+            worker_heartbeat: AtomicU64::new(0),
+            worker_busy: AtomicBool::new(false),
+            last_error: Mutex::new(None),
+            ttft: WindowedHistogram::new(window_s),
+            total_latency: WindowedHistogram::new(window_s),
+            decode_tokens_window: [AtomicU64::new(0), AtomicU64::new(0)],
+            decode_us_window: [AtomicU64::new(0), AtomicU64::new(0)],
+            decode_window_turned_s: AtomicU64::new(unix_now()),
+            decode_current: AtomicUsize::new(0),
+            window_s: window_s.max(2) / 2,
+        }
+    }
+
+    pub fn state(&self) -> State {
+        match self.state.load(Relaxed) {
+            0 => State::Starting,
+            1 => State::Ready,
+            _ => State::Draining,
+        }
+    }
+
+    pub fn set_ready(&self) {
+        self.state.store(1, Relaxed);
+    }
+
+    pub fn set_draining(&self) {
+        self.state.store(2, Relaxed);
+    }
+
+    pub fn record_error(&self, code: ErrorCode) {
+        if let Some(i) = ErrorCode::ALL.iter().position(|c| *c == code) {
+            self.errors_by_code[i].fetch_add(1, Relaxed);
+        }
+        match code {
+            ErrorCode::Busy => {
+                self.busy_rejections.fetch_add(1, Relaxed);
+            }
+            ErrorCode::Cancelled => {
+                self.cancellations.fetch_add(1, Relaxed);
+            }
+            _ => {}
+        }
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = Some((code, unix_now()));
+        }
+    }
+
+    pub fn record_completion(&self, ttft_ms: f64, total_ms: f64, tokens: usize, decode_ms: f64) {
+        let now = unix_now();
+        self.completed.fetch_add(1, Relaxed);
+        self.tokens_generated.fetch_add(tokens as u64, Relaxed);
+        self.ttft.record(ttft_ms, now);
+        self.total_latency.record(total_ms, now);
+        self.turn_decode_window(now);
+        let i = self.decode_current.load(Relaxed);
+        self.decode_tokens_window[i].fetch_add(tokens as u64, Relaxed);
+        self.decode_us_window[i].fetch_add((decode_ms * 1e3) as u64, Relaxed);
+    }
+
+    fn turn_decode_window(&self, now: u64) {
+        let turned = self.decode_window_turned_s.load(Relaxed);
+        if now >= turned + self.window_s && self.decode_window_turned_s.compare_exchange(turned, now, Relaxed, Relaxed).is_ok()
+        {
+            let next = 1 - self.decode_current.load(Relaxed);
+            self.decode_tokens_window[next].store(0, Relaxed);
+            self.decode_us_window[next].store(0, Relaxed);
+            self.decode_current.store(next, Relaxed);
+        }
+    }
+
+    /// Decode speed over the recent window; None without samples.
+    pub fn tokens_per_second(&self) -> Option<f64> {
+        self.turn_decode_window(unix_now());
+        let tokens: u64 = self.decode_tokens_window.iter().map(|a| a.load(Relaxed)).sum();
+        let us: u64 = self.decode_us_window.iter().map(|a| a.load(Relaxed)).sum();
+        (us > 0 && tokens > 0).then(|| (tokens as f64 / (us as f64 / 1e6) * 10.0).round() / 10.0)
+    }
+
+    pub fn uptime_s(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+
+    fn errors(&self) -> serde_json::Map<String, serde_json::Value> {
+        ErrorCode::ALL
+            .iter()
+            .zip(&self.errors_by_code)
+            .map(|(c, n)| (c.as_str().to_string(), n.load(Relaxed).into()))
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthDoc {
+    pub device_id: String,
+    pub version: &'static str,
+    pub state: State,
+    pub degraded_reasons: Vec<String>,
+    pub uptime_s: u64,
+    pub model: Option<ModelInfo>,
+    pub memory: serde_json::Value,
+    pub cpu: serde_json::Value,
+    pub temperature_c: Option<f32>,
+    pub disk: serde_json::Value,
+    pub queue: serde_json::Value,
+    pub counters: serde_json::Value,
+    pub latency_ms: serde_json::Value,
+    pub tokens_per_second: Option<f64>,
+    pub mqtt: serde_json::Value,
+    pub last_error: Option<serde_json::Value>,
+}
+
+/// Reads the system figures (sysinfo) and the counters into a [`HealthDoc`].
+#[derive(Debug)]
+pub struct Reporter {
+    device_id: String,
+    model: Mutex<Option<ModelInfo>>,
+    model_dir: std::path::PathBuf,
+    memory_degraded_mib: u64,
+    min_tokens_per_second: f64,
+    budget_mib: f64,
+    system: Mutex<sysinfo::System>,
+}
+
+impl Reporter {
+    pub fn new(config: &crate::config::Config, budget_mib: f64) -> Self {
+        Reporter {
+            device_id: config.device_id.clone(),
+            model: Mutex::new(None),
+            model_dir: config.model.dir.clone(),
+            memory_degraded_mib: config.health.memory_degraded_mib,
+            min_tokens_per_second: config.health.min_tokens_per_second,
+            budget_mib,
+            system: Mutex::new(sysinfo::System::new()),
+        }
+    }
+
+    pub fn set_model(&self, info: ModelInfo) {
+        if let Ok(mut m) = self.model.lock() {
+            *m = Some(info);
+        }
+    }
+
+    pub fn snapshot(&self, metrics: &Metrics) -> HealthDoc {
+        use sysinfo::{Components, Disks, Pid, ProcessRefreshKind, ProcessesToUpdate, RefreshKind, System};
+        let now = unix_now();
+        let pid = Pid::from_u32(std::process::id());
+        let (rss_mib, cpu_percent, available_mib) = match self.system.lock() {
+            Ok(mut sys) => {
+                sys.refresh_memory();
+                sys.refresh_processes_specifics(
+                    ProcessesToUpdate::Some(&[pid]),
+                    true,
+                    ProcessRefreshKind::nothing().with_memory().with_cpu(),
+                );
+                let (rss, cpu) =
+                    sys.process(pid).map(|p| (p.memory() as f64 / 1048576.0, p.cpu_usage())).unwrap_or((0.0, 0.0));
+                (rss, cpu, sys.available_memory() as f64 / 1048576.0)
+            }
+            Err(_) => (0.0, 0.0, 0.0),
+        };
+        let _ = RefreshKind::nothing();
+        let load = System::load_average();
+        let temperature_c = Components::new_with_refreshed_list().iter().filter_map(|c| c.temperature()).reduce(f32::max);
+        let model_dir = std::fs::canonicalize(&self.model_dir).unwrap_or_else(|_| self.model_dir.clone());
+        let disk_free_mib = Disks::new_with_refreshed_list()
+            .iter()
+            .filter(|d| model_dir.starts_with(d.mount_point()))
+            .max_by_key(|d| d.mount_point().as_os_str().len())
+            .map(|d| d.available_space() as f64 / 1048576.0);
+
+        let tokens_per_second = metrics.tokens_per_second();
+        let mut degraded_reasons = Vec::new();
+        if metrics.knowledge_reload_failed.load(Relaxed) {
+            degraded_reasons.push("knowledge reload failed".to_string());
+        }
+        if self.memory_degraded_mib > 0 && rss_mib > self.memory_degraded_mib as f64 {
+            degraded_reasons.push(format!("memory {rss_mib:.0} MiB above {} MiB", self.memory_degraded_mib));
+        }
+        if self.min_tokens_per_second > 0.0
+            && let Some(tps) = tokens_per_second
+            && tps < self.min_tokens_per_second
+        {
+            degraded_reasons.push(format!("decode {tps:.1} tokens/s below {}", self.min_tokens_per_second));
+        }
+        let mut state = metrics.state();
+        if state == State::Ready && !degraded_reasons.is_empty() {
+            state = State::Degraded;
+        }
+        let percentiles = |h: &WindowedHistogram| match h.percentiles(now) {
+            Some([p50, p95, p99]) => serde_json::json!({"p50": p50, "p95": p95, "p99": p99}),
+            None => serde_json::Value::Null,
+        };
+        let last_error = metrics
+            .last_error
+            .lock()
+            .ok()
+            .and_then(|e| *e)
+            .map(|(code, at)| serde_json::json!({"code": code, "at_unix_s": at}));
+        let hits = metrics.cache_hits.load(Relaxed);
+        let misses = metrics.cache_misses.load(Relaxed);
+        HealthDoc {
+            device_id: self.device_id.clone(),
+            version: env!("CARGO_PKG_VERSION"),
+            state,
+            degraded_reasons,
+            uptime_s: metrics.uptime_s(),
+            model: self.model.lock().ok().and_then(|m| m.clone()),
+            memory: serde_json::json!({
+                "rss_mib": (rss_mib * 10.0).round() / 10.0,
+                "budget_mib": (self.budget_mib * 10.0).round() / 10.0,
+                "system_available_mib": available_mib.round(),
+            }),
+            cpu: serde_json::json!({
+                "process_percent": (cpu_percent * 10.0).round() / 10.0,
+                "load_average": [load.one, load.five, load.fifteen],
+            }),
+            temperature_c,
+            disk: serde_json::json!({ "model_dir_free_mib": disk_free_mib.map(f64::round) }),
+            queue: serde_json::json!({
+                "depth": metrics.queue_depth.load(Relaxed),
+                "capacity": metrics.queue_capacity.load(Relaxed),
+                "worker_busy": metrics.worker_busy.load(Relaxed),
+            }),
+            counters: serde_json::json!({
+                "requests": metrics.requests.load(Relaxed),
+                "completed": metrics.completed.load(Relaxed),
+                "errors": metrics.errors(),
+                "busy_rejections": metrics.busy_rejections.load(Relaxed),
+                "cancellations": metrics.cancellations.load(Relaxed),
+                "tokens_generated": metrics.tokens_generated.load(Relaxed),
+                "cache_hits": hits,
+                "cache_hit_rate": if hits + misses > 0 { hits as f64 / (hits + misses) as f64 } else { 0.0 },
+                "safety": {
+                    "blocked": metrics.safety_blocks.load(Relaxed),
+                    "redacted": metrics.safety_redactions.load(Relaxed),
+                    "flagged": metrics.safety_flags.load(Relaxed),
+                },
+            }),
+            latency_ms: serde_json::json!({
+                "time_to_first_token": percentiles(&metrics.ttft),
+                "total": percentiles(&metrics.total_latency),
+            }),
+            tokens_per_second,
+            mqtt: serde_json::json!({
+                "connected": metrics.mqtt_connected.load(Relaxed),
+                "reconnects": metrics.mqtt_reconnects.load(Relaxed),
+                "replies_dropped": metrics.mqtt_replies_dropped.load(Relaxed),
+            }),
+            last_error,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_percentiles_follow_the_samples() {
+        let h = WindowedHistogram::new(600);
+        for i in 1..=100 {
+            h.record(i as f64 * 10.0, 1000);
+        }
+        let [p50, p95, p99] = h.percentiles(1000).unwrap();
+        // Bucket bounds are within 25% of the true value.
+        assert!((500.0..=625.0).contains(&p50), "{p50}");
+        assert!((950.0..=1190.0).contains(&p95), "{p95}");
+        assert!(p99 >= p95 && p99 <= 1250.0, "{p99}");
+    }
+
+    #[test]
+    fn histogram_forgets_old_windows() {
+        let h = WindowedHistogram::new(10);
+        h.record(5000.0, 100);
+        assert!(h.percentiles(100).is_some());
+        h.record(1.0, 106);
+        h.record(1.0, 112);
+        let [p50, _, p99] = h.percentiles(112).unwrap();
+        assert_eq!(p50, 1.0);
+        assert_eq!(p99, 1.0, "the 5 s sample from two windows ago is gone");
+    }
+
+    #[test]
+    fn error_counters_by_code() {
+        let m = Metrics::new(60);
+        m.record_error(ErrorCode::Busy);
+        m.record_error(ErrorCode::Busy);
+        m.record_error(ErrorCode::Timeout);
+        assert_eq!(m.busy_rejections.load(Relaxed), 2);
+        assert_eq!(m.errors()["busy"], 2);
+        assert_eq!(m.errors()["timeout"], 1);
+    }
+}
