@@ -24,7 +24,9 @@ pub struct MemoryBudget {
 impl MemoryBudget {
     pub fn estimate(config: &Config) -> MemoryBudget {
         let mut lines = Vec::new();
-        let mut add = |item, bytes: f64, how: String| lines.push(BudgetLine { item, mib: (bytes / MIB * 10.0).round() / 10.0, how });
+        let mut add = |item, bytes: f64, how: String| {
+            lines.push(BudgetLine { item, mib: (bytes / MIB * 10.0).round() / 10.0, how })
+        };
         let manifest = ModelManifest::load(&config.model.dir).ok().map(|(m, _)| m);
         let file_bytes = manifest
             .as_ref()
@@ -78,7 +80,10 @@ impl MemoryBudget {
             add(
                 "MQTT",
                 (m.reply_buffer + 16) as f64 * m.max_payload_bytes as f64 + m.dedup_window as f64 * 160.0,
-                format!("{} buffered replies x {} bytes, {} remembered ids", m.reply_buffer, m.max_payload_bytes, m.dedup_window),
+                format!(
+                    "{} buffered replies x {} bytes, {} remembered ids",
+                    m.reply_buffer, m.max_payload_bytes, m.dedup_window
+                ),
             );
         }
         MemoryBudget { lines }

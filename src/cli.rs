@@ -8,8 +8,8 @@ use std::time::Instant;
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 
-use crate::config::Config;
 pub use crate::budget::MemoryBudget;
+use crate::config::Config;
 use crate::engine::{Engine, EngineOptions, Flow, GenerateRequest, SamplingParams};
 use crate::pipeline::Pipeline;
 
@@ -287,7 +287,14 @@ pub fn bench(
         let info = engine.info();
         meta = (info.id.clone(), info.quantization.clone(), info.kv_cache.to_string());
     }
-    Ok(BenchReport { model: meta.0, prompt_ids, quantization: meta.1, kv_cache: meta.2, rows, peak_rss_mib: rss_mib().1 })
+    Ok(BenchReport {
+        model: meta.0,
+        prompt_ids,
+        quantization: meta.1,
+        kv_cache: meta.2,
+        rows,
+        peak_rss_mib: rss_mib().1,
+    })
 }
 
 pub fn print_bench_table(report: &BenchReport) {

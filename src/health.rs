@@ -61,8 +61,7 @@ impl WindowedHistogram {
 
     fn maybe_turn(&self, now_s: u64) {
         let turned = self.turned_at_s.load(Relaxed);
-        if now_s >= turned + self.window_s
-            && self.turned_at_s.compare_exchange(turned, now_s, Relaxed, Relaxed).is_ok()
+        if now_s >= turned + self.window_s && self.turned_at_s.compare_exchange(turned, now_s, Relaxed, Relaxed).is_ok()
         {
             let next = 1 - self.current.load(Relaxed);
             for b in &self.halves[next] {
@@ -80,7 +79,8 @@ impl WindowedHistogram {
     /// (p50, p95, p99) in ms, as bucket upper bounds; None without samples.
     pub fn percentiles(&self, now_s: u64) -> Option<[f64; 3]> {
         self.maybe_turn(now_s);
-        let counts: [u64; BUCKETS] = std::array::from_fn(|i| self.halves[0][i].load(Relaxed) + self.halves[1][i].load(Relaxed));
+        let counts: [u64; BUCKETS] =
+            std::array::from_fn(|i| self.halves[0][i].load(Relaxed) + self.halves[1][i].load(Relaxed));
         let total: u64 = counts.iter().sum();
         if total == 0 {
             return None;
@@ -222,7 +222,8 @@ impl Metrics {
 
     fn turn_decode_window(&self, now: u64) {
         let turned = self.decode_window_turned_s.load(Relaxed);
-        if now >= turned + self.window_s && self.decode_window_turned_s.compare_exchange(turned, now, Relaxed, Relaxed).is_ok()
+        if now >= turned + self.window_s
+            && self.decode_window_turned_s.compare_exchange(turned, now, Relaxed, Relaxed).is_ok()
         {
             let next = 1 - self.decode_current.load(Relaxed);
             self.decode_tokens_window[next].store(0, Relaxed);
@@ -323,7 +324,8 @@ impl Reporter {
         };
         let _ = RefreshKind::nothing();
         let load = System::load_average();
-        let temperature_c = Components::new_with_refreshed_list().iter().filter_map(|c| c.temperature()).reduce(f32::max);
+        let temperature_c =
+            Components::new_with_refreshed_list().iter().filter_map(|c| c.temperature()).reduce(f32::max);
         let model_dir = std::fs::canonicalize(&self.model_dir).unwrap_or_else(|_| self.model_dir.clone());
         let disk_free_mib = Disks::new_with_refreshed_list()
             .iter()

@@ -105,8 +105,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Health { socket, config } => {
             let config = cli::load_config(config.as_deref()).map_err(bad_config)?;
             let socket = socket.unwrap_or(config.socket.path);
-            let event =
-                runtime()?.block_on(cli::ask(&socket, serde_json::json!({"op": "health"}), false)).map_err(runtime_err)?;
+            let event = runtime()?
+                .block_on(cli::ask(&socket, serde_json::json!({"op": "health"}), false))
+                .map_err(runtime_err)?;
             println!("{}", serde_json::to_string_pretty(&event["health"]).map_err(runtime_err)?);
             Ok(())
         }

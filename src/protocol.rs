@@ -162,7 +162,11 @@ pub struct ParseLimits {
 }
 
 /// Parses one request document. `fallback_id` names requests that carry no id.
-pub fn parse_request(bytes: &[u8], limits: ParseLimits, fallback_id: impl FnOnce() -> String) -> Result<Request, Rejection> {
+pub fn parse_request(
+    bytes: &[u8],
+    limits: ParseLimits,
+    fallback_id: impl FnOnce() -> String,
+) -> Result<Request, Rejection> {
     let text = std::str::from_utf8(bytes).map_err(|_| bad("request is not valid UTF-8"))?;
     let raw: RawRequest = serde_json::from_str(text).map_err(|e| {
         // serde's message names the field or position; it never quotes the payload itself.
@@ -190,7 +194,8 @@ pub fn parse_request(bytes: &[u8], limits: ParseLimits, fallback_id: impl FnOnce
                 Some(_) => return Err(bad("`stream` must be true or false")),
             };
             let params = GenerateParams {
-                max_tokens: uint_field(raw.max_tokens, "max_tokens", 1, limits.max_new_tokens as u64)?.map(|v| v as usize),
+                max_tokens: uint_field(raw.max_tokens, "max_tokens", 1, limits.max_new_tokens as u64)?
+                    .map(|v| v as usize),
                 temperature: float_field(raw.temperature, "temperature", 0.0, 5.0)?,
                 top_p: float_field(raw.top_p, "top_p", 0.01, 1.0)?,
                 top_k: uint_field(raw.top_k, "top_k", 0, 1000)?.map(|v| v as usize),
@@ -275,7 +280,9 @@ mod tests {
 
     #[test]
     fn full_request_parses() {
-        let r = parse(r#"{"id":"a1","prompt":"hi","session":"s","max_tokens":12,"temperature":0.5,"seed":7,"stream":true}"#);
+        let r = parse(
+            r#"{"id":"a1","prompt":"hi","session":"s","max_tokens":12,"temperature":0.5,"seed":7,"stream":true}"#,
+        );
         let Ok(Request::Generate(p)) = r else { panic!("{r:?}") };
         assert_eq!(p.id, "a1");
         assert_eq!(p.session.as_deref(), Some("s"));
@@ -315,7 +322,10 @@ mod tests {
         assert_eq!(parse(&long).unwrap_err().code, ErrorCode::TooLong);
         let nested = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
         assert_eq!(parse(&nested).unwrap_err().code, ErrorCode::BadRequest);
-        assert_eq!(parse_request(b"{\"prompt\":\"\xff\"}", LIMITS, || "x".into()).unwrap_err().code, ErrorCode::BadRequest);
+        assert_eq!(
+            parse_request(b"{\"prompt\":\"\xff\"}", LIMITS, || "x".into()).unwrap_err().code,
+            ErrorCode::BadRequest
+        );
     }
 
     #[test]

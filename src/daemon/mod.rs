@@ -86,7 +86,8 @@ impl Admission {
         let (events_tx, events) = mpsc::channel(self.event_capacity);
         let cancel = CancellationToken::new();
         let now = Instant::now();
-        let job = Job { request, events: events_tx, cancel: cancel.clone(), admitted: now, deadline: now + self.timeout };
+        let job =
+            Job { request, events: events_tx, cancel: cancel.clone(), admitted: now, deadline: now + self.timeout };
         // Count before sending: the worker decrements as soon as it takes the job.
         self.metrics.queue_depth.fetch_add(1, Relaxed);
         match self.queue.try_send(job) {
@@ -249,7 +250,9 @@ fn reload(path: Option<&std::path::Path>, control: &std::sync::mpsc::Sender<Cont
             let _ = control.send(Control::Reload(Box::new(new)));
             notifier.status("ready (reloaded)");
         }
-        Err(e) => tracing::error!(path = %path.display(), error = %e, "SIGHUP: new config rejected, keeping the old one"),
+        Err(e) => {
+            tracing::error!(path = %path.display(), error = %e, "SIGHUP: new config rejected, keeping the old one")
+        }
     }
 }
 

@@ -167,7 +167,8 @@ impl Worker {
             return self.fail(&job, Rejection::new(ErrorCode::Cancelled, "cancelled before it started"));
         }
         if Instant::now() >= job.deadline {
-            return self.fail(&job, Rejection::new(ErrorCode::Timeout, "the deadline passed while the request was queued"));
+            return self
+                .fail(&job, Rejection::new(ErrorCode::Timeout, "the deadline passed while the request was queued"));
         }
         let req = &job.request;
         let log_text = self.config.logging.log_user_text;
@@ -189,7 +190,11 @@ impl Worker {
         let gen_request = GenerateRequest {
             prompt_ids: &prepared.ids,
             shared_prefix_len: prepared.shared_prefix_len,
-            max_new_tokens: req.params.max_tokens.unwrap_or(generation.max_new_tokens).min(generation.max_new_tokens_limit),
+            max_new_tokens: req
+                .params
+                .max_tokens
+                .unwrap_or(generation.max_new_tokens)
+                .min(generation.max_new_tokens_limit),
             sampling,
             stop_strings: &generation.stop_strings,
             deadline: Some(job.deadline),
@@ -278,7 +283,9 @@ fn round1(v: f64) -> f64 {
 
 fn pipeline_rejection(e: &PipelineError) -> Rejection {
     match e {
-        PipelineError::Preprocess(PreprocessError::Empty) => Rejection::new(ErrorCode::BadRequest, "the prompt is empty"),
+        PipelineError::Preprocess(PreprocessError::Empty) => {
+            Rejection::new(ErrorCode::BadRequest, "the prompt is empty")
+        }
         PipelineError::Preprocess(PreprocessError::InvalidUtf8) => {
             Rejection::new(ErrorCode::BadRequest, "the prompt is not valid UTF-8")
         }

@@ -464,10 +464,7 @@ fn parallel_min_tokens() -> usize {
     std::env::var("EDGELLM_PARALLEL_MIN_TOKENS").ok().and_then(|v| v.parse().ok()).unwrap_or(2)
 }
 
-fn build_plan(
-    path: &Path,
-    manifest: &ModelManifest,
-) -> TractResult<(Arc<TypedRunnableModel>, ModelIo, bool)> {
+fn build_plan(path: &Path, manifest: &ModelManifest) -> TractResult<(Arc<TypedRunnableModel>, ModelIo, bool)> {
     let model = tract_onnx::onnx().model_for_path(path)?;
     let mut typed = model.into_typed()?.into_decluttered()?;
     let inputs_before = typed.inputs.len();

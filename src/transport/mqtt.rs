@@ -99,8 +99,11 @@ impl Mqtt {
             options.set_transport(rumqttc::Transport::tls(ca, client_auth, None));
         }
         let prompt_topic = format!("{prefix}/prompt");
-        let prompt_filter =
-            if m.shared_group.is_empty() { prompt_topic.clone() } else { format!("$share/{}/{prompt_topic}", m.shared_group) };
+        let prompt_filter = if m.shared_group.is_empty() {
+            prompt_topic.clone()
+        } else {
+            format!("$share/{}/{prompt_topic}", m.shared_group)
+        };
         Ok(Mqtt {
             options,
             prefix,
@@ -150,8 +153,12 @@ impl Mqtt {
     }
 
     async fn publish_status(&self, out: &mpsc::Sender<Outgoing>, status: &str) {
-        let message =
-            Outgoing { topic: format!("{}/status", self.prefix), payload: status.into(), retain: true, correlation: None };
+        let message = Outgoing {
+            topic: format!("{}/status", self.prefix),
+            payload: status.into(),
+            retain: true,
+            correlation: None,
+        };
         let _ = out.send(message).await;
     }
 }

@@ -196,8 +196,10 @@ async fn handle_connection(stream: UnixStream, shared: Shared) {
     let requests = TaskTracker::new();
     let mut line = Vec::with_capacity(1024);
     loop {
+        // While draining, requests are still read (and answered `shutting_down`) until the
+        // worker has finished the admitted ones.
         let read = tokio::select! {
-            _ = shared.stop_accepting.cancelled() => break,
+            _ = shared.worker_done.cancelled() => break,
             read = read_bounded_line(&mut reader, &mut line, config.max_line_bytes) => read,
         };
         match read {
@@ -205,7 +207,10 @@ async fn handle_connection(stream: UnixStream, shared: Shared) {
             Ok(LineRead::TooLong) => {
                 tracing::info!(max = config.max_line_bytes, "socket request line too long");
                 shared.metrics.record_error(ErrorCode::TooLong);
-                let r = Rejection::new(ErrorCode::TooLong, format!("request line longer than {} bytes", config.max_line_bytes));
+                let r = Rejection::new(
+                    ErrorCode::TooLong,
+                    format!("request line longer than {} bytes", config.max_line_bytes),
+                );
                 let _ = out_tx.send(protocol::error_json(None, &r)).await;
                 continue;
             }

@@ -1,0 +1,338 @@
+//! The daemon binary end to end: the Unix socket protocol, the bounded queue, cancellation,
+//! hostile input, MQTT (both reply styles, broker restart), SIGTERM drain and SIGHUP reload.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Broker, Client, Daemon};
+use serde_json::json;
+
+#[test]
+fn socket_round_trip_streams_tokens_then_done() {
+    let daemon = Daemon::start("");
+    let mut client = daemon.client();
+    client.send(&json!({"id": "q1", "prompt": "What is the capital of France?", "stream": true}).to_string());
+    let events = client.until_final("q1");
+    let done = events.last().unwrap();
+    assert_eq!(done["event"], "done", "{done}");
+    let tokens: Vec<_> = events.iter().filter(|e| e["event"] == "token").collect();
+    assert!(!tokens.is_empty(), "streaming sends token events");
+    let streamed: String = tokens.iter().map(|e| e["text"].as_str().unwrap()).collect();
+    assert_eq!(streamed, done["text"].as_str().unwrap());
+    assert!(streamed.contains("Paris"), "{streamed}");
+    assert!(done["usage"]["prompt_tokens"].as_u64().unwrap() > 10);
+    assert!(done["usage"]["completion_tokens"].as_u64().unwrap() > 0);
+    assert!(done["timings"]["time_to_first_token_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(done["finish_reason"], "stop");
+
+    // Without streaming: only the final event.
+    client.send(&json!({"id": "q2", "prompt": "Say hello.", "max_tokens": 8}).to_string());
+    let events = client.until_final("q2");
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["event"], "done");
+    assert_eq!(events[0]["usage"]["completion_tokens"], 8);
+    assert_eq!(events[0]["finish_reason"], "length");
+}
+
+#[test]
+fn two_clients_at_once_are_both_answered() {
+    let daemon = Daemon::start("");
+    let handles: Vec<_> = ["Name a fruit.", "Name a river."]
+        .into_iter()
+        .enumerate()
+        .map(|(i, prompt)| {
+            let socket = daemon.socket.clone();
+            std::thread::spawn(move || {
+                let mut c = Client::connect(&socket);
+                c.ask(json!({"id": format!("c{i}"), "prompt": prompt, "max_tokens": 12}))
+            })
+        })
+        .collect();
+    for h in handles {
+        let done = h.join().unwrap();
+        assert_eq!(done["event"], "done", "{done}");
+    }
+}
+
+#[test]
+fn cancel_ends_a_request_with_cancelled() {
+    let daemon = Daemon::start("");
+    let mut client = daemon.client();
+    client.send(
+        &json!({"id": "long", "prompt": "Write a long story about a lighthouse.", "max_tokens": 400, "stream": true})
+            .to_string(),
+    );
+    // Wait for the first token, then cancel.
+    let first = client.next_event().unwrap();
+    assert_eq!(first["event"], "token", "{first}");
+    client.send(&json!({"op": "cancel", "id": "long"}).to_string());
+    let last = client.until_final("long").pop().unwrap();
+    assert_eq!(last["event"], "error", "{last}");
+    assert_eq!(last["code"], "cancelled");
+    // The connection and the daemon carry on.
+    let done = client.ask(json!({"id": "after", "prompt": "Hi", "max_tokens": 4}));
+    assert_eq!(done["event"], "done");
+}
+
+#[test]
+fn full_queue_answers_busy_at_once_and_every_request_gets_one_final_reply() {
+    let daemon = Daemon::start("[queue]\ncapacity = 1\n[socket]\nmax_inflight_per_connection = 16\n");
+    let mut client = daemon.client();
+    let n = 6;
+    for i in 0..n {
+        client
+            .send(&json!({"id": format!("b{i}"), "prompt": "Count from one to twenty.", "max_tokens": 30}).to_string());
+    }
+    let mut finals = std::collections::HashMap::new();
+    while finals.len() < n {
+        let e = client.next_event().expect("an event");
+        if e["event"] != "token" {
+            assert!(
+                finals.insert(e["id"].as_str().unwrap().to_string(), e.clone()).is_none(),
+                "one final reply per request"
+            );
+        }
+    }
+    let busy = finals.values().filter(|e| e["code"] == "busy").count();
+    let done = finals.values().filter(|e| e["event"] == "done").count();
+    assert_eq!(busy + done, n, "{finals:?}");
+    assert!(busy >= 3, "with one running and one queued, most of {n} are busy: {finals:?}");
+    assert!(done >= 2);
+}
+
+#[test]
+fn hostile_input_gets_errors_while_another_client_is_served() {
+    let daemon = Daemon::start("[socket]\nmax_line_bytes = 4096\n");
+    let socket = daemon.socket.clone();
+    let good = std::thread::spawn(move || {
+        let mut c = Client::connect(&socket);
+        c.ask(json!({"id": "good", "prompt": "What is the capital of France?", "max_tokens": 16}))
+    });
+    let mut bad = daemon.client();
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (b"{not json\n".to_vec(), "bad_request"),
+        (b"{\"prompt\": \"caf\xc3\x28\"}\n".to_vec(), "bad_request"),
+        ([b"{\"prompt\": \"".to_vec(), vec![b'a'; 10_000], b"\"}\n".to_vec()].concat(), "too_long"),
+        (b"{\"op\": \"dance\"}\n".to_vec(), "bad_request"),
+        (b"{\"prompt\": \"x\", \"max_tokens\": -5}\n".to_vec(), "bad_request"),
+        (b"{\"prompt\": \"x\", \"max_tokens\": 1e309}\n".to_vec(), "bad_request"),
+        (format!("{}\n", "[".repeat(3000)).into_bytes(), "bad_request"),
+        (b"{\"prompt\": \"\\u0000\\u200b  \"}\n".to_vec(), "bad_request"),
+    ];
+    for (payload, code) in cases {
+        bad.send_bytes(&payload);
+        let e = bad.next_event().expect("an error reply");
+        assert_eq!(e["event"], "error", "{e}");
+        assert_eq!(e["code"], code, "{e} for {:?}", String::from_utf8_lossy(&payload[..payload.len().min(40)]));
+    }
+    // A huge line (1 MB) is discarded as it streams, then the connection still works.
+    bad.send_bytes(&vec![b'x'; 1 << 20]);
+    bad.send_bytes(b"\n");
+    assert_eq!(bad.next_event().unwrap()["code"], "too_long");
+    let health = {
+        bad.send(r#"{"op":"health","id":"h"}"#);
+        bad.next_event().unwrap()
+    };
+    assert_eq!(health["event"], "health");
+    let done = good.join().unwrap();
+    assert_eq!(done["event"], "done", "{done}");
+    assert!(done["text"].as_str().unwrap().contains("Paris"));
+    // No user text in the log at the default level.
+    assert!(!daemon.log_text().contains("capital of France"));
+}
+
+fn mqtt_config(broker: &Broker, extra: &str) -> String {
+    format!(
+        "[mqtt]\nenabled = true\nport = {}\nreconnect_min_ms = 200\nreconnect_max_ms = 1000\n{extra}\n[health]\ninterval_secs = 2\n",
+        broker.port
+    )
+}
+
+fn wait_mqtt_ready(broker: &Broker) {
+    // The retained status says online once the daemon is connected and subscribed.
+    let out = mosquitto_sub(broker.port, "edgellm/dev1/status", 1, 20);
+    assert_eq!(out.trim(), "online");
+    std::thread::sleep(Duration::from_millis(300));
+}
+
+fn mosquitto_sub(port: u16, topic: &str, count: usize, timeout_s: u64) -> String {
+    let out = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", topic, "-C", &count.to_string()])
+        .args(["-W", &timeout_s.to_string()])
+        .output()
+        .expect("mosquitto_sub");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn mqtt_request_response_with_mosquitto_rr_and_reply_topic_by_id() {
+    let broker = Broker::start();
+    let daemon = Daemon::start(&mqtt_config(&broker, ""));
+    wait_mqtt_ready(&broker);
+
+    // MQTT v5 Response Topic + Correlation Data: mosquitto_rr is the client.
+    let out = Command::new("mosquitto_rr")
+        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string(), "-t", "edgellm/dev1/prompt", "-e", "answers/me"])
+        .args(["-m", r#"{"prompt":"What is the capital of France?","max_tokens":16}"#, "-W", "60"])
+        .output()
+        .unwrap();
+    let reply: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {:?} {}", out, daemon.log_text()));
+    assert_eq!(reply["event"], "done", "{reply}");
+    assert!(reply["text"].as_str().unwrap().contains("Paris"));
+
+    // Without a response topic: <prefix>/reply/<id>, streamed.
+    let port = broker.port;
+    let sub = std::thread::spawn(move || mosquitto_sub(port, "edgellm/dev1/reply/m1", 3, 60));
+    std::thread::sleep(Duration::from_millis(500));
+    let status = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", "edgellm/dev1/prompt", "-q", "1"])
+        .args(["-m", r#"{"id":"m1","prompt":"Say hello.","stream":true,"max_tokens":12}"#])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let lines = sub.join().unwrap();
+    let events: Vec<serde_json::Value> = lines.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(events.len(), 3, "{lines}");
+    assert!(events.iter().all(|e| e["id"] == "m1"));
+    assert_eq!(events[0]["event"], "token");
+
+    // A malformed payload with a reply address gets an error there.
+    let out = Command::new("mosquitto_rr")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", "edgellm/dev1/prompt", "-e", "answers/bad"])
+        .args(["-m", "{{{", "-W", "20"])
+        .output()
+        .unwrap();
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(reply["code"], "bad_request");
+}
+
+#[test]
+fn mqtt_prompt_sent_while_daemon_reconnects_after_broker_restart_is_answered() {
+    let mut broker = Broker::start();
+    let daemon = Daemon::start(&mqtt_config(&broker, ""));
+    wait_mqtt_ready(&broker);
+    broker.restart();
+    // Published at QoS 1 right after the restart, possibly before the daemon is back: the
+    // daemon's persistent session at the broker keeps it.
+    let port = broker.port;
+    let sub = std::thread::spawn(move || mosquitto_sub(port, "edgellm/dev1/reply/after-restart", 1, 60));
+    std::thread::sleep(Duration::from_millis(300));
+    let status = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", "edgellm/dev1/prompt", "-q", "1"])
+        .args(["-m", r#"{"id":"after-restart","prompt":"Say hi.","max_tokens":6}"#])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let reply = sub.join().unwrap();
+    let reply: serde_json::Value =
+        serde_json::from_str(reply.trim()).unwrap_or_else(|e| panic!("{e}: {reply:?}\n{}", daemon.log_text()));
+    assert_eq!(reply["event"], "done");
+    // The health document counts the reconnection.
+    let mut client = daemon.client();
+    client.send(r#"{"op":"health"}"#);
+    let health = client.next_event().unwrap();
+    assert!(health["health"]["mqtt"]["reconnects"].as_u64().unwrap() >= 1, "{health}");
+}
+
+#[test]
+fn sigterm_drains_in_flight_work_then_exits_zero() {
+    let mut daemon = Daemon::start("[queue]\ndrain_timeout_ms = 30000\n");
+    let mut client = daemon.client();
+    client.send(
+        &json!({"id": "inflight", "prompt": "Tell me about the moon.", "max_tokens": 40, "stream": true}).to_string(),
+    );
+    assert_eq!(client.next_event().unwrap()["event"], "token");
+    common::signal(&daemon.child, "TERM");
+    // New work is refused once draining.
+    std::thread::sleep(Duration::from_millis(200));
+    client.send(&json!({"id": "late", "prompt": "Hello"}).to_string());
+    let mut finals = std::collections::HashMap::new();
+    while finals.len() < 2 {
+        let e = client.next_event().expect("event before close");
+        if e["event"] != "token" {
+            finals.insert(e["id"].as_str().unwrap().to_string(), e);
+        }
+    }
+    assert_eq!(finals["inflight"]["event"], "done", "in-flight work finishes: {:?}", finals["inflight"]);
+    assert_eq!(finals["inflight"]["usage"]["completion_tokens"], 40);
+    assert_eq!(finals["late"]["code"], "shutting_down");
+    assert_eq!(daemon.wait_exit(Duration::from_secs(30)), 0);
+    assert!(!daemon.socket.exists(), "the socket file is removed");
+}
+
+#[test]
+fn sigterm_past_the_drain_deadline_answers_shutting_down() {
+    let mut daemon = Daemon::start("[queue]\ndrain_timeout_ms = 300\n");
+    let mut client = daemon.client();
+    client.send(
+        &json!({"id": "slow", "prompt": "Write a long essay about rivers.", "max_tokens": 500, "stream": true})
+            .to_string(),
+    );
+    assert_eq!(client.next_event().unwrap()["event"], "token");
+    common::signal(&daemon.child, "TERM");
+    let last = client.until_final("slow").pop().unwrap();
+    assert_eq!(last["code"], "shutting_down", "{last}");
+    assert_eq!(daemon.wait_exit(Duration::from_secs(20)), 0);
+}
+
+#[test]
+fn sighup_reloads_settings_and_refuses_a_bad_config() {
+    let daemon = Daemon::start("[generation]\nmax_new_tokens = 5\n");
+    let mut client = daemon.client();
+    let done = client.ask(json!({"id": "a", "prompt": "Tell me about cats."}));
+    assert_eq!(done["usage"]["completion_tokens"], 5);
+
+    // A bad config is refused; the old settings stay.
+    let good = std::fs::read_to_string(&daemon.config_path).unwrap();
+    std::fs::write(&daemon.config_path, format!("{good}\n[bogus]\nx = 1\n")).unwrap();
+    common::signal(&daemon.child, "HUP");
+    std::thread::sleep(Duration::from_millis(500));
+    let done = client.ask(json!({"id": "b", "prompt": "Tell me about cats."}));
+    assert_eq!(done["usage"]["completion_tokens"], 5);
+    assert!(daemon.log_text().contains("new config rejected"), "{}", daemon.log_text());
+
+    // A good one is taken, without dropping this connection.
+    std::fs::write(&daemon.config_path, good.replace("max_new_tokens = 5", "max_new_tokens = 9")).unwrap();
+    common::signal(&daemon.child, "HUP");
+    std::thread::sleep(Duration::from_millis(800));
+    let done = client.ask(json!({"id": "c", "prompt": "Tell me about cats."}));
+    assert_eq!(done["usage"]["completion_tokens"], 9, "{done}");
+}
+
+#[test]
+fn bad_config_and_bad_model_exit_with_their_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_edgellm");
+    let config = dir.path().join("bad.toml");
+    std::fs::write(&config, "[queue]\ncapacity = 0\n").unwrap();
+    let out = Command::new(bin).args(["serve", "--config"]).arg(&config).output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("queue.capacity"));
+
+    // A model directory whose ONNX file is not ONNX.
+    let model = dir.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    let manifest = std::fs::read_to_string(common::model_dir().join("manifest.json")).unwrap();
+    let mut manifest: serde_json::Value = serde_json::from_str(&manifest).unwrap();
+    manifest["model_sha256"] = serde_json::Value::Null;
+    std::fs::write(model.join("manifest.json"), manifest.to_string()).unwrap();
+    std::fs::copy(common::model_dir().join("tokenizer.json"), model.join("tokenizer.json")).unwrap();
+    std::fs::write(model.join("model.onnx"), b"this is not an onnx file").unwrap();
+    let socket = dir.path().join("s.sock");
+    std::fs::write(
+        &config,
+        common::base_config(&socket, "")
+            .replace(&common::model_dir().display().to_string(), &model.display().to_string()),
+    )
+    .unwrap();
+    let out = Command::new(bin).args(["serve", "--config"]).arg(&config).output().unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("model load failed"));
+    // Missing file.
+    std::fs::remove_file(model.join("model.onnx")).unwrap();
+    let out = Command::new(bin).args(["serve", "--config"]).arg(&config).output().unwrap();
+    assert_eq!(out.status.code(), Some(4));
+}
