@@ -5,6 +5,7 @@
 //! [`Pipeline::finish`] tidies the answer. Stages never see transports.
 
 pub mod preprocess;
+pub mod safety;
 
 use crate::config::{Config, GenerationConfig, LimitsConfig};
 use crate::engine::{Engine, EngineError};
