@@ -11,7 +11,7 @@ use serde::Serialize;
 pub use crate::budget::MemoryBudget;
 use crate::config::Config;
 use crate::engine::{Engine, EngineOptions, Flow, GenerateRequest, SamplingParams};
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Pipeline, PromptInput};
 
 #[derive(Debug, Parser)]
 #[command(name = "edgellm", version, about = "On-device LLM daemon: a quantized ONNX model run by tract")]
@@ -84,6 +84,14 @@ pub enum Command {
         /// Print the final JSON event instead of streaming text.
         #[arg(long)]
         json: bool,
+    },
+    /// Run the safety rules over lines of text (stdin or a file): one JSON object per line
+    /// with every detection (rule, kind, byte span, action).
+    Scan {
+        /// File to read; stdin when absent.
+        file: Option<PathBuf>,
+        #[arg(long, short)]
+        config: Option<PathBuf>,
     },
     /// Print the running daemon's health document (from its Unix socket).
     Health {
@@ -170,8 +178,8 @@ pub fn generate(
     seed: u64,
     stats: bool,
 ) -> anyhow::Result<()> {
-    let pipeline = Pipeline::new(config, engine)?;
-    let prepared = pipeline.prepare(engine, prompt)?;
+    let mut pipeline = Pipeline::new(config, engine)?;
+    let prepared = pipeline.prepare(engine, PromptInput { prompt, session: None })?;
     let generation = pipeline.generation();
     let sampling =
         SamplingParams { temperature: temperature.unwrap_or(generation.temperature), seed, ..generation.sampling() };
@@ -205,6 +213,23 @@ pub fn generate(
             t.time_to_first_token_ms,
             result.completion_tokens as f64 / (t.decode_ms / 1e3).max(1e-9)
         );
+    }
+    Ok(())
+}
+
+/// `edgellm scan`: the safety rules over each line of `input`.
+pub fn scan(config: &Config, input: impl std::io::BufRead, mut out: impl Write) -> anyhow::Result<()> {
+    let rules = crate::pipeline::safety::SafetyRules::new(&config.safety)?;
+    for (n, line) in input.split(b'\n').enumerate() {
+        let line = line?;
+        let text = String::from_utf8_lossy(&line);
+        let report = rules.scan(&text);
+        let detections: Vec<_> = report
+            .detections
+            .iter()
+            .map(|d| serde_json::json!({"rule": d.rule, "kind": d.kind, "start": d.start, "end": d.end, "action": d.action}))
+            .collect();
+        writeln!(out, "{}", serde_json::json!({"line": n + 1, "detections": detections, "overflow": report.overflow}))?;
     }
     Ok(())
 }
@@ -255,8 +280,8 @@ pub fn bench(
         let started = Instant::now();
         let mut engine = Engine::load(options)?;
         let load_ms = started.elapsed().as_secs_f64() * 1e3;
-        let pipeline = Pipeline::new(config, &engine)?;
-        let prepared = pipeline.prepare(&engine, BENCH_PROMPT)?;
+        let mut pipeline = Pipeline::new(config, &engine)?;
+        let prepared = pipeline.prepare(&engine, PromptInput { prompt: BENCH_PROMPT, session: None })?;
         let request = GenerateRequest {
             prompt_ids: &prepared.ids,
             shared_prefix_len: 0,

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::SamplingParams;
+pub use crate::pipeline::grounding::GroundingConfig;
+pub use crate::pipeline::safety::SafetyConfig;
 
 /// The documented default configuration, as shipped in `/etc/edgellm/edgellm.toml`.
 pub const DEFAULT_CONFIG: &str = include_str!("../config/edgellm.toml");
@@ -38,6 +40,10 @@ pub struct Config {
     pub generation: GenerationConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    #[serde(default)]
+    pub grounding: GroundingConfig,
+    #[serde(default)]
+    pub safety: SafetyConfig,
     #[serde(default)]
     pub queue: QueueConfig,
     #[serde(default)]
@@ -363,6 +369,28 @@ impl Config {
                 "limits.max_prompt_tokens",
                 "must be positive and leave room for generation.max_new_tokens_limit within model.context_tokens",
             ));
+        }
+        let gr = &self.grounding;
+        if gr.max_files > 100_000 || gr.max_chunks > 1_000_000 || gr.max_file_bytes > 64 << 20 {
+            return Err(invalid("grounding.max_chunks", "grounding bounds are unreasonably large"));
+        }
+        if !(64..=8192).contains(&gr.chunk_bytes) {
+            return Err(invalid("grounding.chunk_bytes", "must be between 64 and 8192"));
+        }
+        if gr.knowledge_token_budget + gr.history_token_budget >= l.max_prompt_tokens {
+            return Err(invalid(
+                "grounding.knowledge_token_budget",
+                "knowledge and history budgets together must stay below limits.max_prompt_tokens",
+            ));
+        }
+        if gr.sessions > 100_000 || gr.session_bytes > 1 << 20 {
+            return Err(invalid("grounding.sessions", "at most 100000 sessions of at most 1 MiB"));
+        }
+        if gr.answer_cache_entries > 100_000 || gr.answer_cache_bytes > 256 << 20 {
+            return Err(invalid("grounding.answer_cache_bytes", "at most 100000 entries and 256 MiB"));
+        }
+        if let Err(e) = crate::pipeline::safety::SafetyRules::new(&self.safety) {
+            return Err(invalid("safety", e.to_string()));
         }
         if self.queue.capacity == 0 || self.queue.capacity > 4096 {
             return Err(invalid("queue.capacity", "must be between 1 and 4096"));

@@ -14,6 +14,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 
 use crate::engine::ModelInfo;
+use crate::pipeline::safety::{Action, Kind};
 use crate::protocol::ErrorCode;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -112,9 +113,10 @@ pub struct Metrics {
     pub cache_hits: AtomicU64,
     pub cache_misses: AtomicU64,
     pub tokens_generated: AtomicU64,
-    pub safety_blocks: AtomicU64,
-    pub safety_redactions: AtomicU64,
-    pub safety_flags: AtomicU64,
+    /// Prompts that reached the model (not blocked, not answered from the cache).
+    pub inference_runs: AtomicU64,
+    /// Per action (block, redact, flag) and kind.
+    safety: [[AtomicU64; Kind::ALL.len()]; 3],
     errors_by_code: [AtomicU64; ErrorCode::ALL.len()],
     pub queue_depth: AtomicUsize,
     pub queue_capacity: AtomicUsize,
@@ -151,9 +153,8 @@ impl Metrics {
             cache_hits: AtomicU64::new(0),
             cache_misses: AtomicU64::new(0),
             tokens_generated: AtomicU64::new(0),
-            safety_blocks: AtomicU64::new(0),
-            safety_redactions: AtomicU64::new(0),
-            safety_flags: AtomicU64::new(0),
+            inference_runs: AtomicU64::new(0),
+            safety: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
             errors_by_code: std::array::from_fn(|_| AtomicU64::new(0)),
             queue_depth: AtomicUsize::new(0),
             queue_capacity: AtomicUsize::new(0),
@@ -206,6 +207,30 @@ impl Metrics {
         if let Ok(mut last) = self.last_error.lock() {
             *last = Some((code, unix_now()));
         }
+    }
+
+    pub fn record_safety(&self, kind: Kind, action: Action) {
+        let a = match action {
+            Action::Block => 0,
+            Action::Redact => 1,
+            Action::Flag => 2,
+        };
+        if let Some(k) = Kind::ALL.iter().position(|x| *x == kind) {
+            self.safety[a][k].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// `{"blocked": {"email": 1, ...}, "redacted": {...}, "flagged": {...}}`, non-zero only.
+    fn safety_counts(&self) -> serde_json::Value {
+        let by_kind = |a: usize| -> serde_json::Map<String, serde_json::Value> {
+            Kind::ALL
+                .iter()
+                .zip(&self.safety[a])
+                .filter(|(_, n)| n.load(Relaxed) > 0)
+                .map(|(k, n)| (k.name().to_string(), n.load(Relaxed).into()))
+                .collect()
+        };
+        serde_json::json!({"blocked": by_kind(0), "redacted": by_kind(1), "flagged": by_kind(2)})
     }
 
     pub fn record_completion(&self, ttft_ms: f64, total_ms: f64, tokens: usize, decode_ms: f64) {
@@ -393,13 +418,10 @@ impl Reporter {
                 "busy_rejections": metrics.busy_rejections.load(Relaxed),
                 "cancellations": metrics.cancellations.load(Relaxed),
                 "tokens_generated": metrics.tokens_generated.load(Relaxed),
+                "inference_runs": metrics.inference_runs.load(Relaxed),
                 "cache_hits": hits,
                 "cache_hit_rate": if hits + misses > 0 { hits as f64 / (hits + misses) as f64 } else { 0.0 },
-                "safety": {
-                    "blocked": metrics.safety_blocks.load(Relaxed),
-                    "redacted": metrics.safety_redactions.load(Relaxed),
-                    "flagged": metrics.safety_flags.load(Relaxed),
-                },
+                "safety": metrics.safety_counts(),
             }),
             latency_ms: serde_json::json!({
                 "time_to_first_token": percentiles(&metrics.ttft),

@@ -102,6 +102,19 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 ))),
             }
         }
+        Command::Scan { file, config } => {
+            let config = cli::load_config(config.as_deref()).map_err(bad_config)?;
+            let stdout = std::io::stdout().lock();
+            match file {
+                Some(path) => {
+                    let f = std::fs::File::open(&path)
+                        .map_err(|e| runtime_err(anyhow::anyhow!("{}: {e}", path.display())))?;
+                    cli::scan(&config, std::io::BufReader::new(f), stdout)
+                }
+                None => cli::scan(&config, std::io::stdin().lock(), stdout),
+            }
+            .map_err(runtime_err)
+        }
         Command::Health { socket, config } => {
             let config = cli::load_config(config.as_deref()).map_err(bad_config)?;
             let socket = socket.unwrap_or(config.socket.path);

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use edgellm::config::Config;
 use edgellm::engine::{EngineError, FinishReason, Flow, GenerateRequest, SamplingParams};
-use edgellm::pipeline::{Pipeline, PipelineError};
+use edgellm::pipeline::{Pipeline, PipelineError, PromptInput};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -54,8 +54,9 @@ fn tract_greedy_tokens_equal_onnxruntime_golden_tokens() {
 fn capital_of_france_is_paris() {
     let mut engine = common::shared_engine();
     let config = Config::default_config();
-    let pipeline = Pipeline::new(&config, &engine).unwrap();
-    let prompt = pipeline.prepare(&engine, "What is the capital of France?").unwrap();
+    let mut pipeline = Pipeline::new(&config, &engine).unwrap();
+    let prompt =
+        pipeline.prepare(&engine, PromptInput { prompt: "What is the capital of France?", session: None }).unwrap();
     let g = engine.generate(&request(&prompt.ids, 32, greedy()), |_| Flow::Continue).unwrap();
     assert!(g.text.contains("Paris"), "answer: {:?}", g.text);
     assert_eq!(g.finish_reason, FinishReason::Stop);
@@ -65,10 +66,17 @@ fn capital_of_france_is_paris() {
 fn streamed_pieces_equal_the_final_text_and_the_decoded_tokens() {
     let mut engine = common::shared_engine();
     let config = Config::default_config();
-    let pipeline = Pipeline::new(&config, &engine).unwrap();
+    let mut pipeline = Pipeline::new(&config, &engine).unwrap();
     // Accents and emoji span several byte-level tokens: pieces must still be whole characters.
-    let prompt =
-        pipeline.prepare(&engine, "Write one short sentence in French about crème brûlée, then an emoji.").unwrap();
+    let prompt = pipeline
+        .prepare(
+            &engine,
+            PromptInput {
+                prompt: "Write one short sentence in French about crème brûlée, then an emoji.",
+                session: None,
+            },
+        )
+        .unwrap();
     let mut streamed = String::new();
     let mut pieces = 0;
     let g = engine
@@ -88,8 +96,9 @@ fn streamed_pieces_equal_the_final_text_and_the_decoded_tokens() {
 fn stop_string_cuts_the_answer_before_it() {
     let mut engine = common::shared_engine();
     let config = Config::default_config();
-    let pipeline = Pipeline::new(&config, &engine).unwrap();
-    let prompt = pipeline.prepare(&engine, "What is the capital of France?").unwrap();
+    let mut pipeline = Pipeline::new(&config, &engine).unwrap();
+    let prompt =
+        pipeline.prepare(&engine, PromptInput { prompt: "What is the capital of France?", session: None }).unwrap();
     let full = engine.generate(&request(&prompt.ids, 32, greedy()), |_| Flow::Continue).unwrap();
     let at = full.text.find("Paris").expect("answer names Paris");
     let stops = vec!["Paris".to_string()];
@@ -120,8 +129,8 @@ fn too_long_prompt_is_a_clear_error() {
     // And the pipeline counts tokens after the chat template.
     let mut config = Config::default_config();
     config.limits.max_prompt_tokens = 40;
-    let pipeline = Pipeline::new(&config, &engine).unwrap();
-    let err = pipeline.prepare(&engine, &"word ".repeat(50)).unwrap_err();
+    let mut pipeline = Pipeline::new(&config, &engine).unwrap();
+    let err = pipeline.prepare(&engine, PromptInput { prompt: &"word ".repeat(50), session: None }).unwrap_err();
     assert!(matches!(err, PipelineError::TooManyTokens { limit: 40, .. }), "{err}");
 }
 
@@ -129,8 +138,10 @@ fn too_long_prompt_is_a_clear_error() {
 fn cancellation_stops_between_tokens() {
     let mut engine = common::shared_engine();
     let config = Config::default_config();
-    let pipeline = Pipeline::new(&config, &engine).unwrap();
-    let prompt = pipeline.prepare(&engine, "Tell me a long story about a dragon.").unwrap();
+    let mut pipeline = Pipeline::new(&config, &engine).unwrap();
+    let prompt = pipeline
+        .prepare(&engine, PromptInput { prompt: "Tell me a long story about a dragon.", session: None })
+        .unwrap();
     let mut calls = 0;
     let g = engine
         .generate(&request(&prompt.ids, 100, greedy()), |_| {
@@ -146,8 +157,10 @@ fn cancellation_stops_between_tokens() {
 fn deadline_ends_generation() {
     let mut engine = common::shared_engine();
     let config = Config::default_config();
-    let pipeline = Pipeline::new(&config, &engine).unwrap();
-    let prompt = pipeline.prepare(&engine, "Tell me a long story about a dragon.").unwrap();
+    let mut pipeline = Pipeline::new(&config, &engine).unwrap();
+    let prompt = pipeline
+        .prepare(&engine, PromptInput { prompt: "Tell me a long story about a dragon.", session: None })
+        .unwrap();
     let started = Instant::now();
     let deadline = Some(started + std::time::Duration::from_millis(300));
     let g = engine
@@ -161,8 +174,8 @@ fn deadline_ends_generation() {
 fn seeded_sampling_is_reproducible() {
     let mut engine = common::shared_engine();
     let config = Config::default_config();
-    let pipeline = Pipeline::new(&config, &engine).unwrap();
-    let prompt = pipeline.prepare(&engine, "Invent a name for a cat.").unwrap();
+    let mut pipeline = Pipeline::new(&config, &engine).unwrap();
+    let prompt = pipeline.prepare(&engine, PromptInput { prompt: "Invent a name for a cat.", session: None }).unwrap();
     let sample = |engine: &mut edgellm::engine::Engine, seed| {
         let sampling = SamplingParams { temperature: 1.0, top_k: 50, top_p: 0.95, seed, ..SamplingParams::default() };
         engine.generate(&request(&prompt.ids, 24, sampling), |_| Flow::Continue).unwrap().token_ids
@@ -177,8 +190,8 @@ fn seeded_sampling_is_reproducible() {
 fn cached_system_prompt_gives_the_same_answer() {
     let mut engine = common::shared_engine();
     let config = Config::default_config();
-    let pipeline = Pipeline::new(&config, &engine).unwrap();
-    let prompt = pipeline.prepare(&engine, "Name a primary colour.").unwrap();
+    let mut pipeline = Pipeline::new(&config, &engine).unwrap();
+    let prompt = pipeline.prepare(&engine, PromptInput { prompt: "Name a primary colour.", session: None }).unwrap();
     assert!(prompt.shared_prefix_len > 10, "the system turn is a shared prefix");
     let cold = engine.generate(&request(&prompt.ids, 16, greedy()), |_| Flow::Continue).unwrap();
     let shared = GenerateRequest { shared_prefix_len: prompt.shared_prefix_len, ..request(&prompt.ids, 16, greedy()) };

@@ -16,7 +16,10 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::engine::{Engine, EngineError, FinishReason, Flow, GenerateRequest, ModelInfo, SamplingParams};
 use crate::health::Metrics;
-use crate::pipeline::{Pipeline, PipelineError, preprocess::PreprocessError};
+use crate::pipeline::grounding::CachedAnswer;
+use crate::pipeline::postprocess::Guarded;
+use crate::pipeline::safety::{Action, Detection};
+use crate::pipeline::{Pipeline, PipelineError, PromptInput, preprocess::PreprocessError};
 use crate::protocol::{Done, ErrorCode, Event, PromptRequest, Rejection, Usage};
 
 /// One admitted request.
@@ -65,15 +68,16 @@ pub fn spawn(
                     return;
                 }
             };
-            let pipeline = match Pipeline::new(&config, &engine) {
+            let mut pipeline = match Pipeline::new(&config, &engine) {
                 Ok(p) => p,
                 Err(e) => {
                     let _ = ready_tx.send(Err(e.to_string()));
                     return;
                 }
             };
+            metrics.knowledge_reload_failed.store(pipeline.knowledge_error().is_some(), Relaxed);
             // Warm the system-prompt cache so the first request is as fast as the rest.
-            if let Ok(prepared) = pipeline.prepare(&engine, "hello") {
+            if let Ok(prepared) = pipeline.prepare(&engine, PromptInput { prompt: "hello", session: None }) {
                 let warm = GenerateRequest {
                     prompt_ids: &prepared.ids,
                     shared_prefix_len: prepared.shared_prefix_len,
@@ -144,7 +148,9 @@ impl Worker {
     fn reload(&mut self, config: Config) {
         match Pipeline::new(&config, &self.engine) {
             Ok(pipeline) => {
-                self.pipeline = pipeline;
+                self.metrics.knowledge_reload_failed.store(pipeline.knowledge_error().is_some(), Relaxed);
+                let old = std::mem::replace(&mut self.pipeline, pipeline);
+                self.pipeline.adopt_sessions(old);
                 self.engine.clear_prefix_cache();
                 self.config = config;
                 tracing::info!("worker reloaded its settings");
@@ -175,10 +181,18 @@ impl Worker {
         if log_text {
             tracing::debug!(id = %req.id, prompt = %req.prompt, "prompt");
         }
-        let prepared = match self.pipeline.prepare(&self.engine, &req.prompt) {
+        let input = PromptInput { prompt: &req.prompt, session: req.session.as_deref() };
+        let prepared = match self.pipeline.prepare(&self.engine, input) {
             Ok(p) => p,
+            Err(PipelineError::Blocked { rule, kind }) => {
+                self.metrics.record_safety(kind, Action::Block);
+                return self.fail(&job, Rejection::new(ErrorCode::Blocked, format!("blocked by safety rule `{rule}`")));
+            }
             Err(e) => return self.fail(&job, pipeline_rejection(&e)),
         };
+        for d in &prepared.input_safety.detections {
+            self.metrics.record_safety(d.kind, d.action);
+        }
         let generation = self.pipeline.generation();
         let sampling = SamplingParams {
             temperature: req.params.temperature.unwrap_or(generation.temperature),
@@ -187,22 +201,57 @@ impl Worker {
             seed: req.params.seed.unwrap_or(0),
             ..generation.sampling()
         };
+        let max_new_tokens =
+            req.params.max_tokens.unwrap_or(generation.max_new_tokens).min(generation.max_new_tokens_limit);
+        let stop_strings = generation.stop_strings.clone();
+        let settings = format!("{sampling:?}|{max_new_tokens}|{stop_strings:?}");
+        let cache_key = Pipeline::cache_key(&prepared, &settings);
+        let session = req.session.as_deref();
+
+        if let Some(hit) = self.pipeline.cached_answer(&cache_key) {
+            self.metrics.cache_hits.fetch_add(1, Relaxed);
+            if req.stream && !hit.text.is_empty() {
+                let _ = job.events.try_send(Event::Token(hit.text.clone()));
+            }
+            let text = self.pipeline.finish(&prepared, session, &hit.text, false, None);
+            let total_ms = job.admitted.elapsed().as_secs_f64() * 1e3;
+            self.metrics.record_completion(total_ms, total_ms, 0, 0.0);
+            tracing::info!(id = %req.id, total_ms = total_ms as u64, "request answered from the cache");
+            let done = Done {
+                text,
+                finish_reason: hit.finish_reason,
+                usage: Usage { prompt_tokens: hit.prompt_tokens, completion_tokens: hit.completion_tokens },
+                timings: serde_json::json!({"total_ms": round1(total_ms)}),
+                sources: serde_json::to_value(&prepared.sources).unwrap_or_default(),
+                entities: serde_json::to_value(&prepared.entities[..]).unwrap_or_default(),
+                safety: serde_json::json!({"input": prepared.input_safety.summary(), "output": []}),
+                cached: true,
+            };
+            let _ = job.events.try_send(Event::Done(Box::new(done)));
+            return;
+        }
+        self.metrics.cache_misses.fetch_add(1, Relaxed);
+
         let gen_request = GenerateRequest {
             prompt_ids: &prepared.ids,
             shared_prefix_len: prepared.shared_prefix_len,
-            max_new_tokens: req
-                .params
-                .max_tokens
-                .unwrap_or(generation.max_new_tokens)
-                .min(generation.max_new_tokens_limit),
+            max_new_tokens,
             sampling,
-            stop_strings: &generation.stop_strings,
+            stop_strings: &stop_strings,
             deadline: Some(job.deadline),
             ignore_eos: false,
         };
+        self.metrics.inference_runs.fetch_add(1, Relaxed);
         let metrics = &self.metrics;
         let control = &self.control;
+        let mut guard = self.pipeline.output_guard();
+        let mut released = String::new();
+        let mut blocked: Option<Detection> = None;
         let mut shut_down = false;
+        let send_piece = |text: &str| {
+            // Fails only when the receiver is gone (the client disconnected).
+            !req.stream || text.is_empty() || job.events.try_send(Event::Token(text.to_string())).is_ok()
+        };
         let result = self.engine.generate(&gen_request, |piece| {
             metrics.worker_heartbeat.fetch_add(1, Relaxed);
             if job.cancel.is_cancelled() {
@@ -212,18 +261,27 @@ impl Worker {
                 shut_down = true;
                 return Flow::Cancel;
             }
-            if req.stream && !piece.is_empty() && job.events.try_send(Event::Token(piece.to_string())).is_err() {
-                // The receiver is gone (client disconnected).
-                job.cancel.cancel();
-                return Flow::Cancel;
+            match guard.push(piece) {
+                Guarded::Release(text) => {
+                    released.push_str(&text);
+                    if !send_piece(&text) {
+                        job.cancel.cancel();
+                        return Flow::Cancel;
+                    }
+                    Flow::Continue
+                }
+                Guarded::Blocked(d) => {
+                    blocked = Some(d);
+                    Flow::Cancel
+                }
             }
-            Flow::Continue
         });
         let generation = match result {
             Ok(g) => g,
             Err(e) => return self.fail(&job, engine_rejection(&e)),
         };
         match generation.finish_reason {
+            _ if blocked.is_some() => {}
             FinishReason::Cancelled if shut_down => {
                 return self.fail(&job, Rejection::new(ErrorCode::ShuttingDown, "the daemon is shutting down"));
             }
@@ -231,8 +289,41 @@ impl Worker {
             FinishReason::Deadline => {
                 return self.fail(&job, Rejection::new(ErrorCode::Timeout, "the request's deadline passed"));
             }
-            FinishReason::Stop | FinishReason::Length => {}
+            FinishReason::Stop | FinishReason::Length => match guard.finish() {
+                Guarded::Release(text) => {
+                    released.push_str(&text);
+                    send_piece(&text);
+                }
+                Guarded::Blocked(d) => blocked = Some(d),
+            },
         }
+        if let Some(d) = blocked {
+            self.metrics.record_safety(d.kind, Action::Block);
+            return self
+                .fail(&job, Rejection::new(ErrorCode::Blocked, format!("answer blocked by safety rule `{}`", d.rule)));
+        }
+        let output_safety: Vec<_> = guard.detections.iter().cloned().collect();
+        drop(guard);
+        for d in &output_safety {
+            self.metrics.record_safety(d.kind, d.action);
+        }
+        let finish_reason = match generation.finish_reason {
+            FinishReason::Length => "length",
+            _ => "stop",
+        };
+        let cached = CachedAnswer {
+            text: String::new(),
+            finish_reason,
+            prompt_tokens: generation.prompt_tokens,
+            completion_tokens: generation.completion_tokens,
+        };
+        let text = self.pipeline.finish(
+            &prepared,
+            session,
+            &released,
+            generation.finish_reason == FinishReason::Length,
+            Some((cache_key, cached)),
+        );
         let t = &generation.timings;
         let total_ms = job.admitted.elapsed().as_secs_f64() * 1e3;
         let queue_ms = total_ms - (t.prefill_ms + t.decode_ms);
@@ -243,7 +334,7 @@ impl Worker {
             t.decode_ms,
         );
         if log_text {
-            tracing::debug!(id = %req.id, answer = %generation.text, "answer");
+            tracing::debug!(id = %req.id, answer = %text, "answer");
         }
         tracing::info!(
             id = %req.id,
@@ -251,14 +342,16 @@ impl Worker {
             completion_tokens = generation.completion_tokens,
             ttft_ms = t.time_to_first_token_ms as u64,
             total_ms = total_ms as u64,
+            sources = prepared.sources.len(),
             "request done"
         );
+        let output_summary: Vec<_> = output_safety
+            .iter()
+            .map(|d| serde_json::json!({"rule": d.rule, "kind": d.kind, "action": d.action}))
+            .collect();
         let done = Done {
-            text: generation.text,
-            finish_reason: match generation.finish_reason {
-                FinishReason::Length => "length",
-                _ => "stop",
-            },
+            text,
+            finish_reason,
             usage: Usage { prompt_tokens: generation.prompt_tokens, completion_tokens: generation.completion_tokens },
             timings: serde_json::json!({
                 "queue_ms": round1(queue_ms.max(0.0)),
@@ -268,9 +361,9 @@ impl Worker {
                 "total_ms": round1(total_ms),
                 "reused_prefix_tokens": t.reused_prefix_tokens,
             }),
-            sources: serde_json::json!([]),
-            entities: serde_json::json!([]),
-            safety: serde_json::json!({"input": [], "output": []}),
+            sources: serde_json::to_value(&prepared.sources).unwrap_or_default(),
+            entities: serde_json::to_value(&prepared.entities[..]).unwrap_or_default(),
+            safety: serde_json::json!({"input": prepared.input_safety.summary(), "output": output_summary}),
             cached: false,
         };
         let _ = job.events.try_send(Event::Done(Box::new(done)));
@@ -293,6 +386,13 @@ fn pipeline_rejection(e: &PipelineError) -> Rejection {
             Rejection::new(ErrorCode::TooLong, e.to_string())
         }
         PipelineError::Engine(inner) => engine_rejection(inner),
+        PipelineError::Blocked { rule, .. } => {
+            Rejection::new(ErrorCode::Blocked, format!("blocked by safety rule `{rule}`"))
+        }
+        PipelineError::Safety(_) => {
+            tracing::error!(error = %e, "safety rules failed");
+            Rejection::new(ErrorCode::Internal, "internal error")
+        }
         PipelineError::Preprocess(PreprocessError::Template(_)) => {
             tracing::error!(error = %e, "chat template failed");
             Rejection::new(ErrorCode::Internal, "internal error")

@@ -369,7 +369,9 @@ impl Engine {
                 finish = FinishReason::Deadline;
                 break;
             }
-            let id = self.sampler.sample(&mut logits, &seq.tokens, &req.sampling, &mut rng);
+            // The repetition penalty looks at the answer only: penalising prompt tokens would
+            // stop the model from quoting the grounding notes it was given.
+            let id = self.sampler.sample(&mut logits, &generated, &req.sampling, &mut rng);
             first_token_at.get_or_insert_with(|| started.elapsed());
             if !req.ignore_eos && self.manifest.is_stop_token(id) {
                 finish = FinishReason::Stop;

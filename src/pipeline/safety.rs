@@ -44,7 +44,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const BUILTIN: [Kind; 12] = [
+    pub const ALL: [Kind; 13] = [
         Kind::Card,
         Kind::Iban,
         Kind::Email,
@@ -55,6 +55,7 @@ impl Kind {
         Kind::PrivateKey,
         Kind::Jwt,
         Kind::Secret,
+        Kind::Custom,
         Kind::Offensive,
         Kind::Injection,
     ];
@@ -185,12 +186,14 @@ impl ScanReport {
 
 const DEFAULT_BLOCKLIST: &str = include_str!("../../config/blocklist.txt");
 
+/// Checks a candidate span (span, whole text, span start): Luhn, mod-97, context...
+type Validator = fn(&str, &str, usize) -> bool;
+
 struct RegexRule {
     kind: Kind,
     name: String,
     regex: Regex,
-    /// Validation of a candidate span, where one exists.
-    validate: fn(&str, &str, usize) -> bool,
+    validate: Validator,
 }
 
 pub struct SafetyRules {
@@ -332,7 +335,7 @@ fn valid_secret(span: &str, _: &str, _: usize) -> bool {
 
 impl SafetyRules {
     pub fn new(config: &SafetyConfig) -> Result<SafetyRules, SafetyError> {
-        let builtin: Vec<(Kind, &str, fn(&str, &str, usize) -> bool)> = vec![
+        let builtin: Vec<(Kind, &str, Validator)> = vec![
             (Kind::Card, r"\b(?:\d[ -]?){11,18}\d\b", valid_card),
             (Kind::Iban, r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b", valid_iban),
             (

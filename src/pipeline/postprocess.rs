@@ -1,0 +1,157 @@
+//! Post-processing: output safety on the streamed answer, then tidying the final text.
+//!
+//! Streamed text passes through an [`OutputGuard`], which holds back the last `hold` bytes so
+//! that a sensitive span split across tokens is still seen whole before any of it is sent.
+
+use super::safety::{Action, Detection, MAX_DETECTIONS, SafetyRules};
+
+/// Chat-template markers that must never reach a user.
+const TEMPLATE_MARKERS: &[&str] = &["<|im_start|>", "<|im_end|>", "<|endoftext|>"];
+
+/// Tidies the final answer: template markers removed, trailing spaces and runs of blank lines
+/// collapsed, and, when generation was cut by the length limit, an unfinished trailing
+/// fragment removed (back to the last sentence end, if that keeps most of the answer).
+pub fn tidy(text: &str, cut_by_length: bool) -> String {
+    let mut t = text.to_string();
+    for marker in TEMPLATE_MARKERS {
+        t = t.replace(marker, "");
+    }
+    let mut lines: Vec<&str> = t.lines().map(str::trim_end).collect();
+    lines.dedup_by(|a, b| a.is_empty() && b.is_empty());
+    let mut out = lines.join("\n").trim().to_string();
+    if cut_by_length
+        && !out.ends_with(['.', '!', '?', ':', ')', '"', '`'])
+        && let Some(end) = out.rfind(['.', '!', '?', '\n'])
+        && end + 1 >= out.len() * 6 / 10
+    {
+        out.truncate(end + 1);
+        out = out.trim_end().to_string();
+    }
+    out
+}
+
+/// What the guard says after a piece of streamed text.
+#[derive(Debug, PartialEq)]
+pub enum Guarded {
+    /// Text that may be sent now (possibly empty).
+    Release(String),
+    /// A blocking rule matched: stop, and name the rule.
+    Blocked(Detection),
+}
+
+#[derive(Debug)]
+pub struct OutputGuard<'r> {
+    rules: Option<&'r SafetyRules>,
+    pending: String,
+    hold: usize,
+    pub detections: heapless::Vec<Detection, MAX_DETECTIONS>,
+}
+
+impl<'r> OutputGuard<'r> {
+    /// `rules` None passes text straight through.
+    pub fn new(rules: Option<&'r SafetyRules>, hold: usize) -> Self {
+        OutputGuard { rules, pending: String::new(), hold, detections: heapless::Vec::new() }
+    }
+
+    fn check(&mut self) -> Result<(), Detection> {
+        let Some(rules) = self.rules else { return Ok(()) };
+        let report = rules.scan(&self.pending);
+        if let Some(block) = report.blocking_rule() {
+            return Err(block.clone());
+        }
+        // Redacted spans leave `pending` now, so each is recorded once; flagged ones are
+        // recorded when released.
+        for d in report.detections.iter().filter(|d| d.action == Action::Redact) {
+            let _ = self.detections.push(d.clone());
+        }
+        if report.detections.iter().any(|d| d.action == Action::Redact) {
+            self.pending = rules.redact(&self.pending, &report);
+        }
+        Ok(())
+    }
+
+    fn release(&mut self, text: String) -> Guarded {
+        if let Some(rules) = self.rules {
+            for d in rules.scan(&text).detections.iter().filter(|d| d.action == Action::Flag) {
+                let _ = self.detections.push(d.clone());
+            }
+        }
+        Guarded::Release(text)
+    }
+
+    pub fn push(&mut self, piece: &str) -> Guarded {
+        if self.rules.is_none() {
+            return Guarded::Release(piece.to_string());
+        }
+        self.pending.push_str(piece);
+        if let Err(d) = self.check() {
+            return Guarded::Blocked(d);
+        }
+        // Keep the tail back; a span longer than `hold` could still be growing there.
+        let mut cut = self.pending.len().saturating_sub(self.hold);
+        while !self.pending.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        // Never release part of a word: a detector may need its start.
+        if let Some(space) = self.pending[..cut].rfind(char::is_whitespace) {
+            cut = space + 1;
+        } else {
+            cut = 0;
+        }
+        let rest = self.pending.split_off(cut);
+        let released = std::mem::replace(&mut self.pending, rest);
+        self.release(released)
+    }
+
+    /// The held-back tail, checked, at the end of generation.
+    pub fn finish(&mut self) -> Guarded {
+        if let Err(d) = self.check() {
+            return Guarded::Blocked(d);
+        }
+        let rest = std::mem::take(&mut self.pending);
+        self.release(rest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::safety::SafetyConfig;
+
+    #[test]
+    fn tidy_removes_markers_blank_runs_and_unfinished_tail() {
+        assert_eq!(tidy("Hello.<|im_end|>  \n\n\n\nBye.  ", false), "Hello.\n\nBye.");
+        assert_eq!(tidy("One sentence. Two sentences. And an unfinished", true), "One sentence. Two sentences.");
+        assert_eq!(
+            tidy("Short. A long unfinished fragment that goes on and on", true),
+            "Short. A long unfinished fragment that goes on and on"
+        );
+    }
+
+    #[test]
+    fn a_split_email_is_redacted_before_any_part_is_sent() {
+        let rules = SafetyRules::new(&SafetyConfig::default()).unwrap();
+        let mut guard = OutputGuard::new(Some(&rules), 64);
+        let pieces = ["You can write to ", "jane", ".doe@", "exam", "ple.org", " any time", " you like", "."];
+        let mut sent = String::new();
+        for p in pieces {
+            match guard.push(p) {
+                Guarded::Release(t) => sent.push_str(&t),
+                Guarded::Blocked(d) => panic!("blocked by {}", d.rule),
+            }
+            assert!(!sent.contains("jane"), "part of the address was sent: {sent:?}");
+        }
+        let Guarded::Release(tail) = guard.finish() else { panic!() };
+        sent.push_str(&tail);
+        assert_eq!(sent, "You can write to [EMAIL] any time you like.");
+        assert_eq!(guard.detections.len(), 1);
+    }
+
+    #[test]
+    fn blocking_rule_in_output_stops() {
+        let rules = SafetyRules::new(&SafetyConfig::default()).unwrap();
+        let mut guard = OutputGuard::new(Some(&rules), 64);
+        assert!(matches!(guard.push("the key is AKIAIOSF"), Guarded::Release(_)));
+        assert!(matches!(guard.push("ODNN7EXAMPLE ok"), Guarded::Blocked(d) if d.rule == "aws_key"));
+    }
+}
