@@ -275,11 +275,20 @@ pub struct HealthConfig {
     pub memory_degraded_mib: u64,
     /// Decode speed below this many tokens/s makes it `degraded` (0 = off).
     pub min_tokens_per_second: f64,
+    /// Publish Home Assistant MQTT discovery messages for the main figures.
+    pub home_assistant: bool,
+    pub home_assistant_prefix: String,
 }
 
 impl Default for HealthConfig {
     fn default() -> Self {
-        HealthConfig { interval_secs: 30, memory_degraded_mib: 0, min_tokens_per_second: 0.0 }
+        HealthConfig {
+            interval_secs: 30,
+            memory_degraded_mib: 0,
+            min_tokens_per_second: 0.0,
+            home_assistant: false,
+            home_assistant_prefix: "homeassistant".into(),
+        }
     }
 }
 

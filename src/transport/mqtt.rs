@@ -59,6 +59,8 @@ pub struct Mqtt {
     reply_buffer: usize,
     dedup_window: usize,
     backoff: (Duration, Duration),
+    /// Home Assistant discovery: (topic, retained config) pairs, published on every connect.
+    discovery: Vec<(String, String)>,
 }
 
 fn qos(level: u8) -> QoS {
@@ -114,6 +116,7 @@ impl Mqtt {
             reply_buffer: m.reply_buffer,
             dedup_window: m.dedup_window,
             backoff: (Duration::from_millis(m.reconnect_min_ms), Duration::from_millis(m.reconnect_max_ms)),
+            discovery: if config.health.home_assistant { home_assistant_discovery(config) } else { Vec::new() },
         })
     }
 
@@ -259,6 +262,11 @@ async fn event_loop(
                 tracing::info!(session_present = ack.session_present, "MQTT connected");
                 let status = if shared.stop_accepting.is_cancelled() { "draining" } else { "online" };
                 mqtt.publish_status(&out, status).await;
+                for (topic, payload) in &mqtt.discovery {
+                    let message =
+                        Outgoing { topic: topic.clone(), payload: payload.clone(), retain: true, correlation: None };
+                    let _ = out.send(message).await;
+                }
                 if let Err(e) = client.subscribe(mqtt.prompt_filter.clone(), mqtt.qos).await {
                     tracing::warn!(error = %e, "MQTT subscribe failed");
                 }
@@ -292,6 +300,54 @@ async fn event_loop(
             }
         }
     }
+}
+
+/// Home Assistant MQTT discovery configs for the main health figures: each sensor reads
+/// the retained health document and is available while the status topic says `online`.
+fn home_assistant_discovery(config: &Config) -> Vec<(String, String)> {
+    let device = &config.device_id;
+    let prefix = &config.mqtt.topic_prefix;
+    let sensors: [(&str, &str, &str, Option<&str>); 8] = [
+        ("state", "State", "{{ value_json.state }}", None),
+        ("rss", "Memory (RSS)", "{{ value_json.memory.rss_mib }}", Some("MiB")),
+        ("tokens_per_second", "Decode speed", "{{ value_json.tokens_per_second | default(0) }}", Some("tokens/s")),
+        ("queue_depth", "Queue depth", "{{ value_json.queue.depth }}", None),
+        ("requests", "Requests", "{{ value_json.counters.requests }}", None),
+        (
+            "ttft_p50",
+            "Time to first token p50",
+            "{{ value_json.latency_ms.time_to_first_token.p50 | default(0) }}",
+            Some("ms"),
+        ),
+        ("cpu", "CPU", "{{ value_json.cpu.process_percent }}", Some("%")),
+        ("uptime", "Uptime", "{{ value_json.uptime_s }}", Some("s")),
+    ];
+    sensors
+        .iter()
+        .map(|(key, name, template, unit)| {
+            let mut payload = serde_json::json!({
+                "name": name,
+                "unique_id": format!("edgellm_{device}_{key}"),
+                "object_id": format!("edgellm_{device}_{key}"),
+                "state_topic": format!("{prefix}/health"),
+                "value_template": template,
+                "availability_topic": format!("{prefix}/status"),
+                "payload_available": "online",
+                "payload_not_available": "offline",
+                "device": {
+                    "identifiers": [format!("edgellm_{device}")],
+                    "name": format!("edgellm {device}"),
+                    "model": "edgellm",
+                    "sw_version": env!("CARGO_PKG_VERSION"),
+                },
+            });
+            if let Some(unit) = unit {
+                payload["unit_of_measurement"] = (*unit).into();
+            }
+            let topic = format!("{}/sensor/edgellm_{device}/{key}/config", config.health.home_assistant_prefix);
+            (topic, payload.to_string())
+        })
+        .collect()
 }
 
 /// A client-given response topic, if it is one we may publish to.
