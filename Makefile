@@ -4,7 +4,10 @@ PREFIX ?= /usr/local
 # `cross` reads Cross.toml by default; ours is cross.toml.
 export CROSS_CONFIG ?= $(CURDIR)/cross.toml
 
-.PHONY: model build test run bench lint clean-model
+TARGETS = aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf aarch64-unknown-linux-musl
+DESTDIR ?=
+
+.PHONY: model build test run bench lint clean-model dist deb install cross $(addprefix cross-,$(TARGETS))
 
 model:
 	models/prepare.sh
@@ -27,3 +30,27 @@ lint:
 
 clean-model:
 	rm -rf models/smollm2/model.onnx models/smollm2/tokenizer.json models/smollm2/.prepared
+
+# Shipping build: LTO, one codegen unit, stripped, panic = abort (profile.dist).
+dist:
+	$(CARGO) build --profile dist
+
+deb: model build
+	cargo deb --no-build
+
+# Hand install (what the .deb does): binary, units, config (kept if present), model.
+install:
+	install -Dm755 $${CARGO_TARGET_DIR:-target}/release/edgellm $(DESTDIR)$(PREFIX)/bin/edgellm
+	install -Dm644 systemd/edgellm.service $(DESTDIR)/etc/systemd/system/edgellm.service
+	install -Dm644 systemd/edgellm.socket $(DESTDIR)/etc/systemd/system/edgellm.socket
+	install -Dm644 systemd/edgellm.sysusers $(DESTDIR)/etc/sysusers.d/edgellm.conf
+	install -Dm644 systemd/edgellm.tmpfiles $(DESTDIR)/etc/tmpfiles.d/edgellm.conf
+	test -e $(DESTDIR)/etc/edgellm/edgellm.toml || install -Dm640 config/edgellm.toml $(DESTDIR)/etc/edgellm/edgellm.toml
+	install -d $(DESTDIR)/usr/share/edgellm/models/smollm2
+	install -m644 models/smollm2/manifest.json models/smollm2/tokenizer.json models/smollm2/model.onnx $(DESTDIR)/usr/share/edgellm/models/smollm2/
+	sed -i 's#/usr/bin/edgellm#$(PREFIX)/bin/edgellm#g' $(DESTDIR)/etc/systemd/system/edgellm.service
+
+# ARM builds with `cross` (needs Docker or Podman): make cross-aarch64-unknown-linux-gnu
+cross: $(addprefix cross-,$(TARGETS))
+$(addprefix cross-,$(TARGETS)): cross-%:
+	cross build --profile dist --target $*

@@ -59,7 +59,8 @@ pub struct Config {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
-    /// Directory holding manifest.json, the ONNX file and tokenizer.json.
+    /// Directory holding manifest.json, the ONNX file and tokenizer.json. Empty: the first of
+    /// $EDGELLM_MODEL_DIR, ./models/smollm2 and /usr/share/edgellm/models/smollm2 that exists.
     pub dir: PathBuf,
     /// Threads for matrix products.
     pub threads: usize,
@@ -74,7 +75,7 @@ pub struct ModelConfig {
 impl Default for ModelConfig {
     fn default() -> Self {
         ModelConfig {
-            dir: PathBuf::from("models/smollm2"),
+            dir: PathBuf::new(),
             threads: 2,
             context_tokens: 2048,
             reuse_prefix: true,
@@ -166,7 +167,7 @@ pub struct SocketConfig {
     pub path: PathBuf,
     /// File mode of the socket, octal as a string ("0660").
     pub mode: String,
-    /// When non-empty, only these peer uids (or gids) may connect; root always may.
+    /// When either is non-empty, only these peer uids or gids may connect (list 0 for root).
     pub allowed_uids: Vec<u32>,
     pub allowed_gids: Vec<u32>,
     pub max_connections: usize,
@@ -307,6 +308,22 @@ impl Default for LoggingConfig {
     }
 }
 
+/// Where the default model is looked for, in order.
+fn default_model_dir() -> PathBuf {
+    let candidates = std::env::var_os("EDGELLM_MODEL_DIR")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain([PathBuf::from("models/smollm2"), PathBuf::from("/usr/share/edgellm/models/smollm2")]);
+    let mut first = None;
+    for candidate in candidates {
+        if candidate.join("manifest.json").exists() {
+            return candidate;
+        }
+        first.get_or_insert(candidate);
+    }
+    first.unwrap_or_else(|| PathBuf::from("models/smollm2"))
+}
+
 impl Config {
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
@@ -333,6 +350,9 @@ impl Config {
         }
         if !self.device_id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
             return Err(invalid("device_id", "only letters, digits, '-', '_' and '.' (it is used in MQTT topics)"));
+        }
+        if self.model.dir.as_os_str().is_empty() {
+            self.model.dir = default_model_dir();
         }
         let m = &self.model;
         if m.threads == 0 || m.threads > 64 {

@@ -8,6 +8,13 @@ use edgellm::engine::Engine;
 use edgellm::exit_code;
 
 fn main() -> ExitCode {
+    // With panic = "abort" in shipped builds nothing unwinds: log the panic before the abort,
+    // so the journal says where it happened.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        tracing::error!(panic = %info, "panic");
+        default_hook(info);
+    }));
     let cli = Cli::parse();
     let code = match run(cli) {
         Ok(()) => exit_code::OK,

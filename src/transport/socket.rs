@@ -115,7 +115,7 @@ fn check_peer(stream: &UnixStream, config: &SocketConfig) -> Result<(), String> 
     let cred = nix::sys::socket::getsockopt(&stream.as_fd(), nix::sys::socket::sockopt::PeerCredentials)
         .map_err(|e| format!("cannot read peer credentials: {e}"))?;
     let (uid, gid) = (cred.uid(), cred.gid());
-    if uid == 0 || config.allowed_uids.contains(&uid) || config.allowed_gids.contains(&gid) {
+    if config.allowed_uids.contains(&uid) || config.allowed_gids.contains(&gid) {
         Ok(())
     } else {
         Err(format!("uid {uid} gid {gid} not in the allow-lists"))
