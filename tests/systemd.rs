@@ -39,8 +39,7 @@ fn notify_socket_sees_ready_watchdog_pings_and_stopping() {
     let notify = UnixDatagram::bind(&notify_path).unwrap();
     notify.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
     let notify_str = notify_path.display().to_string();
-    let mut daemon =
-        Daemon::start_env("", &[("NOTIFY_SOCKET", notify_str.as_str()), ("WATCHDOG_USEC", "1000000")]);
+    let mut daemon = Daemon::start_env("", &[("NOTIFY_SOCKET", notify_str.as_str()), ("WATCHDOG_USEC", "1000000")]);
     let before_ready = messages_until(&notify, Duration::from_secs(10), "READY=1");
     assert!(before_ready.iter().any(|m| m.contains("STATUS=loading")), "{before_ready:?}");
     // The socket already answers when READY is sent.
