@@ -14,16 +14,24 @@
 
 #![deny(unsafe_code)]
 
+#[cfg(feature = "runtime")]
 pub mod budget;
+#[cfg(feature = "runtime")]
 pub mod cli;
+#[cfg(feature = "runtime")]
 pub mod config;
+#[cfg(feature = "runtime")]
 pub mod daemon;
+#[cfg(feature = "runtime")]
 pub mod engine;
+#[cfg(feature = "runtime")]
 pub mod health;
 pub mod pipeline;
 pub mod protocol;
+#[cfg(feature = "runtime")]
 pub mod transport;
 
+#[cfg(feature = "runtime")]
 /// Process exit codes, documented in the README; systemd's `RestartPreventExitStatus=` uses
 /// the bad-config one.
 pub mod exit_code {

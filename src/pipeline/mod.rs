@@ -16,313 +16,325 @@ pub mod postprocess;
 pub mod preprocess;
 pub mod safety;
 
-use crate::config::{Config, GenerationConfig, LimitsConfig};
-use crate::engine::{Engine, EngineError};
-use grounding::{AnswerCache, CachedAnswer, Entity, GroundingConfig, KnowledgeIndex, SessionMemory, SourceRef};
-use postprocess::OutputGuard;
-use preprocess::{ChatMessage, ChatTemplate, PreprocessError};
-use safety::{Kind, SafetyRules, ScanReport};
+#[cfg(feature = "runtime")]
+pub use runtime::*;
 
-#[derive(Debug, thiserror::Error)]
-pub enum PipelineError {
-    #[error(transparent)]
-    Preprocess(#[from] PreprocessError),
-    #[error("prompt is {tokens} tokens after the chat template, the limit is {limit}")]
-    TooManyTokens { tokens: usize, limit: usize },
-    /// The message names the rule, never the matched text.
-    #[error("blocked by safety rule `{rule}` ({})", kind.name())]
-    Blocked { rule: String, kind: Kind },
-    #[error(transparent)]
-    Safety(#[from] safety::SafetyError),
-    #[error(transparent)]
-    Engine(#[from] EngineError),
-}
+/// The stages wired to the engine and the config (the stages above stand alone, which is
+/// what the fuzz targets build).
+#[cfg(feature = "runtime")]
+mod runtime {
+    use super::{grounding, postprocess, preprocess, safety};
+    use crate::config::{Config, GenerationConfig, LimitsConfig};
+    use crate::engine::{Engine, EngineError};
+    use grounding::{AnswerCache, CachedAnswer, Entity, GroundingConfig, KnowledgeIndex, SessionMemory, SourceRef};
+    use postprocess::OutputGuard;
+    use preprocess::{ChatMessage, ChatTemplate, PreprocessError};
+    use safety::{Kind, SafetyRules, ScanReport};
 
-/// A prompt ready for the engine, with what grounding and safety found.
-#[derive(Debug, Clone)]
-pub struct PreparedPrompt {
-    pub ids: Vec<u32>,
-    /// Leading tokens shared by every prompt (the system turn), whose KV state is reused.
-    pub shared_prefix_len: usize,
-    /// The user's text as the model sees it (cleaned, redacted).
-    pub user_text: String,
-    /// The whole rendered prompt (template, history, notes): exactly what the model reads.
-    pub rendered: String,
-    pub sources: Vec<SourceRef>,
-    pub entities: heapless::Vec<Entity, { grounding::MAX_ENTITIES }>,
-    pub input_safety: ScanReport,
-}
-
-/// What the caller passes in for one request.
-#[derive(Debug, Clone, Copy)]
-pub struct PromptInput<'a> {
-    pub prompt: &'a str,
-    pub session: Option<&'a str>,
-}
-
-/// Streamed answer text held back for output safety: long enough for the spans the detectors
-/// look for (cards, IBANs, phone numbers, most e-mail addresses), short enough to keep
-/// streaming lively.
-pub const OUTPUT_HOLD_BYTES: usize = 64;
-
-pub struct Pipeline {
-    template: ChatTemplate,
-    system_prompt: String,
-    limits: LimitsConfig,
-    generation: GenerationConfig,
-    grounding: GroundingConfig,
-    safety: SafetyRules,
-    knowledge: KnowledgeIndex,
-    knowledge_error: Option<String>,
-    sessions: SessionMemory,
-    cache: AnswerCache,
-    /// Token ids of the system turn every prompt starts with.
-    system_prefix_ids: Vec<u32>,
-}
-
-impl std::fmt::Debug for Pipeline {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pipeline").field("chunks", &self.knowledge.chunks.len()).finish()
+    #[derive(Debug, thiserror::Error)]
+    pub enum PipelineError {
+        #[error(transparent)]
+        Preprocess(#[from] PreprocessError),
+        #[error("prompt is {tokens} tokens after the chat template, the limit is {limit}")]
+        TooManyTokens { tokens: usize, limit: usize },
+        /// The message names the rule, never the matched text.
+        #[error("blocked by safety rule `{rule}` ({})", kind.name())]
+        Blocked { rule: String, kind: Kind },
+        #[error(transparent)]
+        Safety(#[from] safety::SafetyError),
+        #[error(transparent)]
+        Engine(#[from] EngineError),
     }
-}
 
-impl Pipeline {
-    /// Builds every stage from the config. A knowledge directory that cannot be read is not
-    /// fatal: the pipeline runs without it and [`Pipeline::knowledge_error`] says why.
-    pub fn new(config: &Config, engine: &Engine) -> Result<Pipeline, PipelineError> {
-        let manifest = engine.manifest();
-        let template = ChatTemplate::new(&manifest.chat_template)?;
-        let system_prompt = if config.generation.system_prompt.is_empty() {
-            manifest.default_system_prompt.clone().unwrap_or_default()
-        } else {
-            config.generation.system_prompt.clone()
-        };
-        let count_tokens = |text: &str| engine.encode(text).map(|ids| ids.len()).unwrap_or(text.len());
-        let (knowledge, knowledge_error) = match KnowledgeIndex::load(&config.grounding, &count_tokens) {
-            Ok(k) => {
-                for skipped in &k.skipped {
-                    tracing::warn!(%skipped, "knowledge file skipped");
+    /// A prompt ready for the engine, with what grounding and safety found.
+    #[derive(Debug, Clone)]
+    pub struct PreparedPrompt {
+        pub ids: Vec<u32>,
+        /// Leading tokens shared by every prompt (the system turn), whose KV state is reused.
+        pub shared_prefix_len: usize,
+        /// The user's text as the model sees it (cleaned, redacted).
+        pub user_text: String,
+        /// The whole rendered prompt (template, history, notes): exactly what the model reads.
+        pub rendered: String,
+        pub sources: Vec<SourceRef>,
+        pub entities: heapless::Vec<Entity, { grounding::MAX_ENTITIES }>,
+        pub input_safety: ScanReport,
+    }
+
+    /// What the caller passes in for one request.
+    #[derive(Debug, Clone, Copy)]
+    pub struct PromptInput<'a> {
+        pub prompt: &'a str,
+        pub session: Option<&'a str>,
+    }
+
+    /// Streamed answer text held back for output safety: long enough for the spans the detectors
+    /// look for (cards, IBANs, phone numbers, most e-mail addresses), short enough to keep
+    /// streaming lively.
+    pub const OUTPUT_HOLD_BYTES: usize = 64;
+
+    pub struct Pipeline {
+        template: ChatTemplate,
+        system_prompt: String,
+        limits: LimitsConfig,
+        generation: GenerationConfig,
+        grounding: GroundingConfig,
+        safety: SafetyRules,
+        knowledge: KnowledgeIndex,
+        knowledge_error: Option<String>,
+        sessions: SessionMemory,
+        cache: AnswerCache,
+        /// Token ids of the system turn every prompt starts with.
+        system_prefix_ids: Vec<u32>,
+    }
+
+    impl std::fmt::Debug for Pipeline {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("Pipeline").field("chunks", &self.knowledge.chunks.len()).finish()
+        }
+    }
+
+    impl Pipeline {
+        /// Builds every stage from the config. A knowledge directory that cannot be read is not
+        /// fatal: the pipeline runs without it and [`Pipeline::knowledge_error`] says why.
+        pub fn new(config: &Config, engine: &Engine) -> Result<Pipeline, PipelineError> {
+            let manifest = engine.manifest();
+            let template = ChatTemplate::new(&manifest.chat_template)?;
+            let system_prompt = if config.generation.system_prompt.is_empty() {
+                manifest.default_system_prompt.clone().unwrap_or_default()
+            } else {
+                config.generation.system_prompt.clone()
+            };
+            let count_tokens = |text: &str| engine.encode(text).map(|ids| ids.len()).unwrap_or(text.len());
+            let (knowledge, knowledge_error) = match KnowledgeIndex::load(&config.grounding, &count_tokens) {
+                Ok(k) => {
+                    for skipped in &k.skipped {
+                        tracing::warn!(%skipped, "knowledge file skipped");
+                    }
+                    if config.grounding.knowledge_dir.is_some() {
+                        tracing::info!(files = k.files, chunks = k.chunks.len(), "knowledge indexed");
+                    }
+                    (k, None)
                 }
-                if config.grounding.knowledge_dir.is_some() {
-                    tracing::info!(files = k.files, chunks = k.chunks.len(), "knowledge indexed");
+                Err(e) => {
+                    tracing::error!(error = %e, "knowledge not loaded; answering without it");
+                    (KnowledgeIndex::default(), Some(e.to_string()))
                 }
-                (k, None)
+            };
+            let g = &config.grounding;
+            let mut pipeline = Pipeline {
+                template,
+                system_prompt,
+                limits: config.limits.clone(),
+                generation: config.generation.clone(),
+                grounding: g.clone(),
+                safety: SafetyRules::new(&config.safety)?,
+                knowledge,
+                knowledge_error,
+                sessions: SessionMemory::new(g.sessions, g.session_bytes),
+                cache: AnswerCache::new(g.answer_cache_entries, g.answer_cache_bytes),
+                system_prefix_ids: Vec::new(),
+            };
+            pipeline.system_prefix_ids = pipeline.system_prefix(engine)?;
+            Ok(pipeline)
+        }
+
+        /// Carries the conversation memory over from the pipeline this one replaces (reload).
+        pub fn adopt_sessions(&mut self, old: Pipeline) {
+            self.sessions = old.sessions;
+        }
+
+        pub fn knowledge_error(&self) -> Option<&str> {
+            self.knowledge_error.as_deref()
+        }
+
+        pub fn knowledge_chunks(&self) -> usize {
+            self.knowledge.chunks.len()
+        }
+
+        pub fn generation(&self) -> &GenerationConfig {
+            &self.generation
+        }
+
+        pub fn safety(&self) -> &SafetyRules {
+            &self.safety
+        }
+
+        /// The tokens every prompt starts with: the common prefix of two prompts that differ
+        /// only in the user's text. `prepare` still checks that each prompt really starts with
+        /// them, so an odd template costs speed, never correctness.
+        fn system_prefix(&self, engine: &Engine) -> Result<Vec<u32>, PipelineError> {
+            let render = |user: &str| -> Result<Vec<u32>, PipelineError> {
+                let (_, ids) = self.render(engine, &[], user)?;
+                Ok(ids)
+            };
+            let (a, b) = (render("alpha")?, render("7 Zulu")?);
+            let common = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+            Ok(a[..common].to_vec())
+        }
+
+        /// The conversation rendered with the model's template: text and token ids.
+        fn render(
+            &self,
+            engine: &Engine,
+            history: &[grounding::Turn],
+            user: &str,
+        ) -> Result<(String, Vec<u32>), PipelineError> {
+            let mut messages = Vec::with_capacity(2 + history.len() * 2);
+            if !self.system_prompt.is_empty() {
+                messages.push(ChatMessage { role: "system", content: &self.system_prompt });
             }
-            Err(e) => {
-                tracing::error!(error = %e, "knowledge not loaded; answering without it");
-                (KnowledgeIndex::default(), Some(e.to_string()))
+            for turn in history {
+                messages.push(ChatMessage { role: "user", content: &turn.user });
+                messages.push(ChatMessage { role: "assistant", content: &turn.assistant });
             }
-        };
-        let g = &config.grounding;
-        let mut pipeline = Pipeline {
-            template,
-            system_prompt,
-            limits: config.limits.clone(),
-            generation: config.generation.clone(),
-            grounding: g.clone(),
-            safety: SafetyRules::new(&config.safety)?,
-            knowledge,
-            knowledge_error,
-            sessions: SessionMemory::new(g.sessions, g.session_bytes),
-            cache: AnswerCache::new(g.answer_cache_entries, g.answer_cache_bytes),
-            system_prefix_ids: Vec::new(),
-        };
-        pipeline.system_prefix_ids = pipeline.system_prefix(engine)?;
-        Ok(pipeline)
-    }
-
-    /// Carries the conversation memory over from the pipeline this one replaces (reload).
-    pub fn adopt_sessions(&mut self, old: Pipeline) {
-        self.sessions = old.sessions;
-    }
-
-    pub fn knowledge_error(&self) -> Option<&str> {
-        self.knowledge_error.as_deref()
-    }
-
-    pub fn knowledge_chunks(&self) -> usize {
-        self.knowledge.chunks.len()
-    }
-
-    pub fn generation(&self) -> &GenerationConfig {
-        &self.generation
-    }
-
-    pub fn safety(&self) -> &SafetyRules {
-        &self.safety
-    }
-
-    /// The tokens every prompt starts with: the common prefix of two prompts that differ
-    /// only in the user's text. `prepare` still checks that each prompt really starts with
-    /// them, so an odd template costs speed, never correctness.
-    fn system_prefix(&self, engine: &Engine) -> Result<Vec<u32>, PipelineError> {
-        let render = |user: &str| -> Result<Vec<u32>, PipelineError> {
-            let (_, ids) = self.render(engine, &[], user)?;
-            Ok(ids)
-        };
-        let (a, b) = (render("alpha")?, render("7 Zulu")?);
-        let common = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
-        Ok(a[..common].to_vec())
-    }
-
-    /// The conversation rendered with the model's template: text and token ids.
-    fn render(
-        &self,
-        engine: &Engine,
-        history: &[grounding::Turn],
-        user: &str,
-    ) -> Result<(String, Vec<u32>), PipelineError> {
-        let mut messages = Vec::with_capacity(2 + history.len() * 2);
-        if !self.system_prompt.is_empty() {
-            messages.push(ChatMessage { role: "system", content: &self.system_prompt });
+            messages.push(ChatMessage { role: "user", content: user });
+            let rendered = self.template.render(&messages)?;
+            let ids = engine.encode(&rendered)?;
+            Ok((rendered, ids))
         }
-        for turn in history {
-            messages.push(ChatMessage { role: "user", content: &turn.user });
-            messages.push(ChatMessage { role: "assistant", content: &turn.assistant });
-        }
-        messages.push(ChatMessage { role: "user", content: user });
-        let rendered = self.template.render(&messages)?;
-        let ids = engine.encode(&rendered)?;
-        Ok((rendered, ids))
-    }
 
-    /// Stages 1–4: clean, check, ground, render and tokenize within the limits.
-    pub fn prepare(&mut self, engine: &Engine, input: PromptInput<'_>) -> Result<PreparedPrompt, PipelineError> {
-        let cleaned = preprocess::clean(input.prompt, self.limits.max_prompt_bytes)?;
-        let input_safety = self.safety.scan(&cleaned);
-        if let Some(block) = input_safety.blocking_rule() {
-            return Err(PipelineError::Blocked { rule: block.rule.clone(), kind: block.kind });
-        }
-        let user_text = self.safety.redact(&cleaned, &input_safety);
+        /// Stages 1–4: clean, check, ground, render and tokenize within the limits.
+        pub fn prepare(&mut self, engine: &Engine, input: PromptInput<'_>) -> Result<PreparedPrompt, PipelineError> {
+            let cleaned = preprocess::clean(input.prompt, self.limits.max_prompt_bytes)?;
+            let input_safety = self.safety.scan(&cleaned);
+            if let Some(block) = input_safety.blocking_rule() {
+                return Err(PipelineError::Blocked { rule: block.rule.clone(), kind: block.kind });
+            }
+            let user_text = self.safety.redact(&cleaned, &input_safety);
 
-        let entities = grounding::extract_entities(&user_text, &self.knowledge);
-        // Query terms, with the entities' words counted twice.
-        let mut query: Vec<(String, f32)> = grounding::terms(&user_text).map(|t| (t, 1.0)).collect();
-        for entity in &entities {
-            for term in grounding::terms(&entity.text) {
-                query.push((term, 1.0));
+            let entities = grounding::extract_entities(&user_text, &self.knowledge);
+            // Query terms, with the entities' words counted twice.
+            let mut query: Vec<(String, f32)> = grounding::terms(&user_text).map(|t| (t, 1.0)).collect();
+            for entity in &entities {
+                for term in grounding::terms(&entity.text) {
+                    query.push((term, 1.0));
+                }
+            }
+            let mut hits = Vec::new();
+            let mut knowledge_tokens = 0;
+            for (chunk_ix, score) in self.knowledge.search(&query, self.grounding.top_chunks) {
+                let chunk = &self.knowledge.chunks[chunk_ix];
+                if knowledge_tokens + chunk.tokens > self.grounding.knowledge_token_budget {
+                    continue;
+                }
+                knowledge_tokens += chunk.tokens;
+                hits.push((chunk_ix, score));
+            }
+            let mut history = match input.session {
+                Some(id) => self.sessions.turns(id),
+                None => Vec::new(),
+            };
+            // Newest turns first within the history budget.
+            let mut history_tokens = 0;
+            let mut keep_from = history.len();
+            for (i, turn) in history.iter().enumerate().rev() {
+                let cost = engine.encode(&turn.user)?.len() + engine.encode(&turn.assistant)?.len() + 8;
+                if history_tokens + cost > self.grounding.history_token_budget {
+                    break;
+                }
+                history_tokens += cost;
+                keep_from = i;
+            }
+            history.drain(..keep_from);
+
+            // Render; if the whole is over the limit, drop history, then notes, before giving up.
+            loop {
+                let user_turn = self.user_turn(&user_text, &hits);
+                let (rendered, ids) = self.render(engine, &history, &user_turn)?;
+                if ids.len() <= self.limits.max_prompt_tokens {
+                    let shared_prefix_len =
+                        if ids.starts_with(&self.system_prefix_ids) { self.system_prefix_ids.len() } else { 0 };
+                    let sources = hits
+                        .iter()
+                        .map(|(ix, score)| {
+                            let c = &self.knowledge.chunks[*ix];
+                            SourceRef {
+                                file: c.source.clone(),
+                                chunk: c.index,
+                                score: (score * 100.0).round() / 100.0,
+                                retriever: "keyword",
+                            }
+                        })
+                        .collect();
+                    return Ok(PreparedPrompt {
+                        ids,
+                        shared_prefix_len,
+                        user_text,
+                        rendered,
+                        sources,
+                        entities,
+                        input_safety,
+                    });
+                }
+                if !history.is_empty() {
+                    history.remove(0);
+                } else if hits.pop().is_none() {
+                    return Err(PipelineError::TooManyTokens {
+                        tokens: ids.len(),
+                        limit: self.limits.max_prompt_tokens,
+                    });
+                }
             }
         }
-        let mut hits = Vec::new();
-        let mut knowledge_tokens = 0;
-        for (chunk_ix, score) in self.knowledge.search(&query, self.grounding.top_chunks) {
-            let chunk = &self.knowledge.chunks[chunk_ix];
-            if knowledge_tokens + chunk.tokens > self.grounding.knowledge_token_budget {
-                continue;
-            }
-            knowledge_tokens += chunk.tokens;
-            hits.push((chunk_ix, score));
-        }
-        let mut history = match input.session {
-            Some(id) => self.sessions.turns(id),
-            None => Vec::new(),
-        };
-        // Newest turns first within the history budget.
-        let mut history_tokens = 0;
-        let mut keep_from = history.len();
-        for (i, turn) in history.iter().enumerate().rev() {
-            let cost = engine.encode(&turn.user)?.len() + engine.encode(&turn.assistant)?.len() + 8;
-            if history_tokens + cost > self.grounding.history_token_budget {
-                break;
-            }
-            history_tokens += cost;
-            keep_from = i;
-        }
-        history.drain(..keep_from);
 
-        // Render; if the whole is over the limit, drop history, then notes, before giving up.
-        loop {
-            let user_turn = self.user_turn(&user_text, &hits);
-            let (rendered, ids) = self.render(engine, &history, &user_turn)?;
-            if ids.len() <= self.limits.max_prompt_tokens {
-                let shared_prefix_len =
-                    if ids.starts_with(&self.system_prefix_ids) { self.system_prefix_ids.len() } else { 0 };
-                let sources = hits
-                    .iter()
-                    .map(|(ix, score)| {
-                        let c = &self.knowledge.chunks[*ix];
-                        SourceRef {
-                            file: c.source.clone(),
-                            chunk: c.index,
-                            score: (score * 100.0).round() / 100.0,
-                            retriever: "keyword",
+        /// The user's turn with the retrieved notes before the question. (A format the default
+        /// 135M model follows: it ignores notes placed after the question.)
+        fn user_turn(&self, user_text: &str, hits: &[(usize, f32)]) -> String {
+            if hits.is_empty() {
+                return user_text.to_string();
+            }
+            let mut turn = String::from("Information:");
+            for (ix, _) in hits {
+                for line in self.knowledge.chunks[*ix].text.lines() {
+                    let line = line.trim_start_matches('#').trim();
+                    if !line.is_empty() {
+                        turn.push(' ');
+                        turn.push_str(line);
+                        if !line.ends_with(['.', '!', '?', ':']) {
+                            turn.push('.');
                         }
-                    })
-                    .collect();
-                return Ok(PreparedPrompt {
-                    ids,
-                    shared_prefix_len,
-                    user_text,
-                    rendered,
-                    sources,
-                    entities,
-                    input_safety,
-                });
-            }
-            if !history.is_empty() {
-                history.remove(0);
-            } else if hits.pop().is_none() {
-                return Err(PipelineError::TooManyTokens { tokens: ids.len(), limit: self.limits.max_prompt_tokens });
-            }
-        }
-    }
-
-    /// The user's turn with the retrieved notes before the question. (A format the default
-    /// 135M model follows: it ignores notes placed after the question.)
-    fn user_turn(&self, user_text: &str, hits: &[(usize, f32)]) -> String {
-        if hits.is_empty() {
-            return user_text.to_string();
-        }
-        let mut turn = String::from("Information:");
-        for (ix, _) in hits {
-            for line in self.knowledge.chunks[*ix].text.lines() {
-                let line = line.trim_start_matches('#').trim();
-                if !line.is_empty() {
-                    turn.push(' ');
-                    turn.push_str(line);
-                    if !line.ends_with(['.', '!', '?', ':']) {
-                        turn.push('.');
                     }
                 }
             }
+            turn.push_str("\n\nQuestion: ");
+            turn.push_str(user_text);
+            turn
         }
-        turn.push_str("\n\nQuestion: ");
-        turn.push_str(user_text);
-        turn
-    }
 
-    /// The answer-cache key: everything that determines the answer.
-    pub fn cache_key(prepared: &PreparedPrompt, settings: &str) -> [u8; 32] {
-        let ids: Vec<u8> = prepared.ids.iter().flat_map(|i| i.to_le_bytes()).collect();
-        AnswerCache::key(&[&ids, settings.as_bytes()])
-    }
-
-    pub fn cached_answer(&mut self, key: &[u8; 32]) -> Option<CachedAnswer> {
-        self.cache.get(key)
-    }
-
-    /// A guard for the streamed answer; it holds back enough text to catch split spans.
-    pub fn output_guard(&self) -> OutputGuard<'_> {
-        OutputGuard::new(self.safety.scan_output.then_some(&self.safety), OUTPUT_HOLD_BYTES)
-    }
-
-    /// Stage 6 after generation: tidies the text, remembers the turn, caches the answer.
-    pub fn finish(
-        &mut self,
-        prepared: &PreparedPrompt,
-        session: Option<&str>,
-        released_text: &str,
-        cut_by_length: bool,
-        cache: Option<([u8; 32], CachedAnswer)>,
-    ) -> String {
-        let text = postprocess::tidy(released_text, cut_by_length);
-        if let Some(id) = session {
-            self.sessions.remember(id, &prepared.user_text, &text);
+        /// The answer-cache key: everything that determines the answer.
+        pub fn cache_key(prepared: &PreparedPrompt, settings: &str) -> [u8; 32] {
+            let ids: Vec<u8> = prepared.ids.iter().flat_map(|i| i.to_le_bytes()).collect();
+            AnswerCache::key(&[&ids, settings.as_bytes()])
         }
-        if let Some((key, mut answer)) = cache {
-            answer.text = text.clone();
-            self.cache.insert(key, answer);
+
+        pub fn cached_answer(&mut self, key: &[u8; 32]) -> Option<CachedAnswer> {
+            self.cache.get(key)
         }
-        text
+
+        /// A guard for the streamed answer; it holds back enough text to catch split spans.
+        pub fn output_guard(&self) -> OutputGuard<'_> {
+            OutputGuard::new(self.safety.scan_output.then_some(&self.safety), OUTPUT_HOLD_BYTES)
+        }
+
+        /// Stage 6 after generation: tidies the text, remembers the turn, caches the answer.
+        pub fn finish(
+            &mut self,
+            prepared: &PreparedPrompt,
+            session: Option<&str>,
+            released_text: &str,
+            cut_by_length: bool,
+            cache: Option<([u8; 32], CachedAnswer)>,
+        ) -> String {
+            let text = postprocess::tidy(released_text, cut_by_length);
+            if let Some(id) = session {
+                self.sessions.remember(id, &prepared.user_text, &text);
+            }
+            if let Some((key, mut answer)) = cache {
+                answer.text = text.clone();
+                self.cache.insert(key, answer);
+            }
+            text
+        }
     }
 }

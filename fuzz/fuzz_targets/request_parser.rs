@@ -1,0 +1,15 @@
+//! Any bytes from a socket line or an MQTT payload: parsing must never panic, and an accepted
+//! request must respect the limits.
+#![no_main]
+
+use edgellm::protocol::{ParseLimits, Request, parse_request};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let limits = ParseLimits { max_prompt_bytes: 4096, max_new_tokens: 512 };
+    if let Ok(Request::Generate(r)) = parse_request(data, limits, || "fallback".into()) {
+        assert!(r.prompt.len() <= 4096);
+        assert!(r.params.max_tokens.is_none_or(|m| (1..=512).contains(&m)));
+        assert!(edgellm::protocol::valid_id(&r.id));
+    }
+});
