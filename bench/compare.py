@@ -2,7 +2,7 @@
 """Side by side, in one run: `edgellm bench` (tract) and onnxruntime on the same ONNX file and
 the same prompt tokens, at 1 and 2 threads. Prints both and the tract/onnxruntime ratios.
 
-Run with the converter's venv (it has onnxruntime): bench/compare.sh does that.
+Run with the converter's venv (it has onnxruntime): `bench/run.sh compare`.
 """
 
 import argparse

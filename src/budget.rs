@@ -59,6 +59,24 @@ impl MemoryBudget {
             );
             add("sampler", d.vocab as f64 * 8.0, "one candidate buffer of vocabulary size".into());
         }
+        let g = &config.grounding;
+        if g.knowledge_dir.is_some() {
+            add(
+                "knowledge",
+                g.max_chunks as f64 * (g.chunk_bytes as f64 * 3.0 + 256.0),
+                format!("{} chunks x {} bytes, with their term index", g.max_chunks, g.chunk_bytes),
+            );
+        }
+        add(
+            "sessions",
+            g.sessions as f64 * (g.session_bytes as f64 + 256.0),
+            format!("{} sessions x {} bytes of earlier turns", g.sessions, g.session_bytes),
+        );
+        add(
+            "answer cache",
+            g.answer_cache_bytes as f64 + g.answer_cache_entries as f64 * 160.0,
+            format!("{} bytes in at most {} entries", g.answer_cache_bytes, g.answer_cache_entries),
+        );
         let q = &config.queue;
         let per_request =
             config.limits.max_prompt_bytes as f64 + (config.generation.max_new_tokens_limit + 2) as f64 * 48.0 + 1024.0;

@@ -234,6 +234,9 @@ pub fn scan(config: &Config, input: impl std::io::BufRead, mut out: impl Write) 
     Ok(())
 }
 
+/// A ~20-token question for the time to first token after the system prompt.
+pub const BENCH_QUESTION: &str = "Which vegetables grow well on a sunny balcony in a hot city summer?";
+
 /// A ~70-token question, the same one `bench/compare.py` gives onnxruntime.
 pub const BENCH_PROMPT: &str = "I am planning a small vegetable garden on a sunny balcony in a city with hot summers \
 and mild winters. Which vegetables grow well in containers, how often should I water them, \
@@ -249,6 +252,12 @@ pub struct BenchRow {
     pub time_to_first_token_ms: f64,
     pub decode_tokens: usize,
     pub decode_tokens_per_s: f64,
+    /// A ~20-token question after the system prompt: time to first token with the system
+    /// prompt's KV state computed afresh, and reused from the cache.
+    pub question_ttft_cold_ms: f64,
+    pub question_ttft_cached_ms: f64,
+    pub question_new_tokens: usize,
+    pub system_prefix_tokens: usize,
     pub rss_mib: f64,
 }
 
@@ -275,8 +284,7 @@ pub fn bench(
     for &n in threads {
         let mut options = engine_options(config, model_dir);
         options.threads = n;
-        // Prefill is measured from scratch: no cached system prompt.
-        options.reuse_prefix = false;
+        options.reuse_prefix = true;
         let started = Instant::now();
         let mut engine = Engine::load(options)?;
         let load_ms = started.elapsed().as_secs_f64() * 1e3;
@@ -293,8 +301,21 @@ pub fn bench(
         };
         // One warm-up pass so both thread counts are measured with warm caches.
         engine.generate(&GenerateRequest { max_new_tokens: 4, ..request.clone() }, |_| Flow::Continue)?;
+        // Prefill is measured from scratch (shared_prefix_len 0: no cached system prompt).
         let g = engine.generate(&request, |_| Flow::Continue)?;
         let t = &g.timings;
+        // Prefix reuse, before and after.
+        let question = pipeline.prepare(&engine, PromptInput { prompt: BENCH_QUESTION, session: None })?;
+        let ask = |shared: usize| GenerateRequest {
+            prompt_ids: &question.ids,
+            shared_prefix_len: shared,
+            max_new_tokens: 1,
+            ..request.clone()
+        };
+        let cold = engine.generate(&ask(0), |_| Flow::Continue)?.timings.time_to_first_token_ms;
+        engine.generate(&ask(question.shared_prefix_len), |_| Flow::Continue)?;
+        let cached = engine.generate(&ask(question.shared_prefix_len), |_| Flow::Continue)?;
+        anyhow::ensure!(cached.timings.reused_prefix_tokens == question.shared_prefix_len, "the prefix was not reused");
         // The first token comes from the prefill logits; decode covers the forward passes after it.
         let decode_steps = g.completion_tokens.saturating_sub(1).max(1);
         rows.push(BenchRow {
@@ -306,6 +327,10 @@ pub fn bench(
             time_to_first_token_ms: t.time_to_first_token_ms,
             decode_tokens: g.completion_tokens,
             decode_tokens_per_s: decode_steps as f64 / (t.decode_ms / 1e3),
+            question_ttft_cold_ms: cold,
+            question_ttft_cached_ms: cached.timings.time_to_first_token_ms,
+            question_new_tokens: question.ids.len() - question.shared_prefix_len,
+            system_prefix_tokens: question.shared_prefix_len,
             rss_mib: crate::cli::rss_mib().0,
         });
         prompt_ids = prepared.ids.clone();
@@ -325,12 +350,20 @@ pub fn bench(
 pub fn print_bench_table(report: &BenchReport) {
     println!("model {} ({}), KV cache {}", report.model, report.quantization, report.kv_cache);
     println!(
-        "{:>7} {:>9} {:>7} {:>11} {:>10} {:>11} {:>10} {:>8}",
-        "threads", "load ms", "prompt", "prefill t/s", "TTFT ms", "decode t/s", "decoded", "RSS MiB"
+        "{:>7} {:>9} {:>7} {:>11} {:>10} {:>11} {:>10} {:>8} {:>22}",
+        "threads",
+        "load ms",
+        "prompt",
+        "prefill t/s",
+        "TTFT ms",
+        "decode t/s",
+        "decoded",
+        "RSS MiB",
+        "question TTFT cold/cached"
     );
     for r in &report.rows {
         println!(
-            "{:>7} {:>9.0} {:>7} {:>11.1} {:>10.1} {:>11.1} {:>10} {:>8.1}",
+            "{:>7} {:>9.0} {:>7} {:>11.1} {:>10.1} {:>11.1} {:>10} {:>8.1} {:>12.1} / {:>7.1}",
             r.threads,
             r.load_ms,
             r.prompt_tokens,
@@ -338,7 +371,15 @@ pub fn print_bench_table(report: &BenchReport) {
             r.time_to_first_token_ms,
             r.decode_tokens_per_s,
             r.decode_tokens,
-            r.rss_mib
+            r.rss_mib,
+            r.question_ttft_cold_ms,
+            r.question_ttft_cached_ms
+        );
+    }
+    if let Some(r) = report.rows.first() {
+        println!(
+            "question: {} new tokens after a {}-token system prompt (cached: its KV state reused)",
+            r.question_new_tokens, r.system_prefix_tokens
         );
     }
     println!("peak RSS {:.1} MiB", report.peak_rss_mib);

@@ -421,6 +421,11 @@ fn bad_config_and_bad_model_exit_with_their_codes() {
     let out = Command::new(bin).args(["serve", "--config"]).arg(&config).output().unwrap();
     assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("model load failed"));
+    // A truncated copy of the real file.
+    let real = std::fs::read(common::model_dir().join("model.onnx")).unwrap();
+    std::fs::write(model.join("model.onnx"), &real[..real.len() / 3]).unwrap();
+    let out = Command::new(bin).args(["serve", "--config"]).arg(&config).output().unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
     // Missing file.
     std::fs::remove_file(model.join("model.onnx")).unwrap();
     let out = Command::new(bin).args(["serve", "--config"]).arg(&config).output().unwrap();

@@ -133,15 +133,23 @@ fn retained_health_is_published_parses_and_its_counters_move() {
 }
 
 #[test]
-fn sigkill_makes_the_broker_publish_offline() {
+fn sigkill_mid_request_makes_the_broker_publish_offline_and_a_restart_online() {
     let broker = Broker::start();
     let mut daemon = Daemon::start(&config(&broker, ""));
     let status = Follow::new(broker.port, "edgellm/dev1/status");
     status.until(Duration::from_secs(10), |l| l == "online");
+    let mut client = daemon.client();
+    client.send(&json!({"id": "k", "prompt": "Write a long story.", "max_tokens": 300, "stream": true}).to_string());
+    assert_eq!(client.next_event().unwrap()["event"], "token");
     common::signal(&daemon.child, "KILL");
     let _ = daemon.child.wait();
     // The last will, published by the broker alone.
     status.until(Duration::from_secs(15), |l| l == "offline");
+    // A restarted daemon (nothing on disk to repair) comes back online and serves.
+    let restarted = Daemon::start(&config(&broker, ""));
+    status.until(Duration::from_secs(15), |l| l == "online");
+    let done = restarted.client().ask(json!({"id": "r", "prompt": "Hi", "max_tokens": 3}));
+    assert_eq!(done["event"], "done");
 }
 
 #[test]
