@@ -480,6 +480,10 @@ impl Config {
         {
             return Err(invalid("mqtt.tls.client_key", "client_cert and client_key go together"));
         }
+        let ha = &self.health.home_assistant_prefix;
+        if ha.is_empty() || ha.contains(['#', '+']) || ha.ends_with('/') {
+            return Err(invalid("health.home_assistant_prefix", "a topic prefix without wildcards or trailing '/'"));
+        }
         if self.health.interval_secs == 0 {
             return Err(invalid("health.interval_secs", "must be positive"));
         }

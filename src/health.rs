@@ -330,7 +330,7 @@ impl Reporter {
     }
 
     pub fn snapshot(&self, metrics: &Metrics) -> HealthDoc {
-        use sysinfo::{Components, Disks, Pid, ProcessRefreshKind, ProcessesToUpdate, RefreshKind, System};
+        use sysinfo::{Components, Disks, Pid, ProcessRefreshKind, ProcessesToUpdate, System};
         let now = unix_now();
         let pid = Pid::from_u32(std::process::id());
         let (rss_mib, cpu_percent, available_mib) = match self.system.lock() {
@@ -347,7 +347,6 @@ impl Reporter {
             }
             Err(_) => (0.0, 0.0, 0.0),
         };
-        let _ = RefreshKind::nothing();
         let load = System::load_average();
         let temperature_c =
             Components::new_with_refreshed_list().iter().filter_map(|c| c.temperature()).reduce(f32::max);
