@@ -87,17 +87,19 @@ impl<'r> OutputGuard<'r> {
         if let Err(d) = self.check() {
             return Guarded::Blocked(d);
         }
-        // Keep the tail back; a span longer than `hold` could still be growing there.
-        let mut cut = self.pending.len().saturating_sub(self.hold);
-        while !self.pending.is_char_boundary(cut) {
-            cut -= 1;
+        // Hold back the last (possibly unfinished) word always, since a detector may need
+        // all of it (an e-mail's local part comes before its '@'); and the last `hold` bytes
+        // when they hold what multi-word spans are made of (digits, '@', ':', '=', a key
+        // block's dashes), so a number or a `password: …` split across tokens is seen whole.
+        let mut window = self.pending.len().saturating_sub(self.hold);
+        while !self.pending.is_char_boundary(window) {
+            window -= 1;
         }
-        // Never release part of a word: a detector may need its start.
-        if let Some(space) = self.pending[..cut].rfind(char::is_whitespace) {
-            cut = space + 1;
-        } else {
-            cut = 0;
-        }
+        let tail = &self.pending[window..];
+        let risky =
+            tail.contains(|c: char| c.is_ascii_digit() || matches!(c, '@' | ':' | '=')) || tail.contains("-----");
+        let limit = if risky { window } else { self.pending.len() };
+        let cut = self.pending[..limit].rfind(char::is_whitespace).map(|i| i + 1).unwrap_or(0);
         let rest = self.pending.split_off(cut);
         let released = std::mem::replace(&mut self.pending, rest);
         self.release(released)
@@ -145,6 +147,27 @@ mod tests {
         sent.push_str(&tail);
         assert_eq!(sent, "You can write to [EMAIL] any time you like.");
         assert_eq!(guard.detections.len(), 1);
+    }
+
+    #[test]
+    fn plain_words_stream_at_once_numbers_are_held() {
+        let rules = SafetyRules::new(&SafetyConfig::default()).unwrap();
+        let mut guard = OutputGuard::new(Some(&rules), 64);
+        assert_eq!(guard.push("The capital "), Guarded::Release("The capital ".into()));
+        assert_eq!(guard.push("of Fra"), Guarded::Release("of ".into()));
+        assert_eq!(guard.push("nce is"), Guarded::Release("France ".into()));
+        // A card number split over pieces: nothing of it leaves before it is complete.
+        let mut sent = String::new();
+        for p in [" card 4111", " 1111", " 1111", " 1111", " thanks.", " Bye for now, see you."] {
+            if let Guarded::Release(t) = guard.push(p) {
+                sent.push_str(&t);
+            }
+            assert!(!sent.contains("4111"), "{sent:?}");
+        }
+        if let Guarded::Release(t) = guard.finish() {
+            sent.push_str(&t);
+        }
+        assert!(sent.contains("[CARD]"), "{sent:?}");
     }
 
     #[test]
