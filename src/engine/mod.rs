@@ -190,6 +190,7 @@ impl Engine {
             .len();
         let tokenizer = Tokenizer::from_file(manifest.tokenizer_path(dir))
             .map_err(|e| EngineError::Tokenizer(format!("{}: {e}", manifest.tokenizer_path(dir).display())))?;
+        let hashing = Instant::now();
         let sha = match &manifest.model_sha256 {
             Some(expected) => {
                 let actual = sha256_file(&model_path)?;
@@ -203,6 +204,7 @@ impl Engine {
             }
             None => sha256_file(&model_path)?,
         };
+        tracing::debug!(sha256_ms = hashing.elapsed().as_millis() as u64, "model file checked");
 
         let (plan, io, in_state) = build_plan(&model_path, &manifest)
             .map_err(|e| EngineError::Model(format!("{}: {e:#}", model_path.display())))?;
@@ -467,8 +469,11 @@ fn parallel_min_tokens() -> usize {
 }
 
 fn build_plan(path: &Path, manifest: &ModelManifest) -> TractResult<(Arc<TypedRunnableModel>, ModelIo, bool)> {
+    let started = Instant::now();
     let model = tract_onnx::onnx().model_for_path(path)?;
+    let parsed = started.elapsed();
     let mut typed = model.into_typed()?.into_decluttered()?;
+    let decluttered = started.elapsed();
     let inputs_before = typed.inputs.len();
     if let Some(transform) = tract_onnx::tract_core::transform::get_transform("transformers_detect_all")? {
         transform.transform(&mut typed)?;
@@ -476,8 +481,16 @@ fn build_plan(path: &Path, manifest: &ModelManifest) -> TractResult<(Arc<TypedRu
     let in_state = typed.inputs.len() < inputs_before;
     let io = model_io(&typed, manifest)?;
     let typed = typed.into_optimized()?;
+    let optimized = started.elapsed();
     // No executor in the plan: `forward` picks one per step.
     let plan = typed.into_runnable_with_options(&RunOptions::default())?;
+    tracing::debug!(
+        parse_ms = parsed.as_millis() as u64,
+        declutter_ms = (decluttered - parsed).as_millis() as u64,
+        optimize_ms = (optimized - decluttered).as_millis() as u64,
+        plan_ms = (started.elapsed() - optimized).as_millis() as u64,
+        "model load phases"
+    );
     Ok((plan, io, in_state))
 }
 
