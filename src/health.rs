@@ -40,29 +40,31 @@ fn bucket_of(ms: f64) -> usize {
     ((ms.ln() / 1.25f64.ln()).ceil() as usize).min(BUCKETS - 1)
 }
 
-/// A latency histogram over a recent window: two fixed arrays, the older one dropped when the
-/// window turns. Memory is fixed; recording is a couple of atomic adds.
+/// `N` counters over a recent window: two fixed halves, the older one cleared when the window
+/// turns, so the sums cover between one and two half-windows. Memory is fixed; adding is an
+/// atomic add (and, once per half-window, a compare-exchange).
 #[derive(Debug)]
-pub struct WindowedHistogram {
-    halves: [[AtomicU64; BUCKETS]; 2],
+pub struct WindowedCounters<const N: usize> {
+    halves: [[AtomicU64; N]; 2],
     current: AtomicUsize,
     turned_at_s: AtomicU64,
-    window_s: u64,
+    half_window_s: u64,
 }
 
-impl WindowedHistogram {
+impl<const N: usize> WindowedCounters<N> {
     pub fn new(window_s: u64) -> Self {
-        WindowedHistogram {
+        WindowedCounters {
             halves: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
             current: AtomicUsize::new(0),
             turned_at_s: AtomicU64::new(0),
-            window_s: window_s.max(2) / 2,
+            half_window_s: window_s.max(2) / 2,
         }
     }
 
     fn maybe_turn(&self, now_s: u64) {
         let turned = self.turned_at_s.load(Relaxed);
-        if now_s >= turned + self.window_s && self.turned_at_s.compare_exchange(turned, now_s, Relaxed, Relaxed).is_ok()
+        if now_s >= turned + self.half_window_s
+            && self.turned_at_s.compare_exchange(turned, now_s, Relaxed, Relaxed).is_ok()
         {
             let next = 1 - self.current.load(Relaxed);
             for b in &self.halves[next] {
@@ -72,16 +74,34 @@ impl WindowedHistogram {
         }
     }
 
-    pub fn record(&self, ms: f64, now_s: u64) {
+    pub fn add(&self, index: usize, value: u64, now_s: u64) {
         self.maybe_turn(now_s);
-        self.halves[self.current.load(Relaxed)][bucket_of(ms)].fetch_add(1, Relaxed);
+        self.halves[self.current.load(Relaxed)][index].fetch_add(value, Relaxed);
+    }
+
+    /// Each counter summed over the window.
+    pub fn sums(&self, now_s: u64) -> [u64; N] {
+        self.maybe_turn(now_s);
+        std::array::from_fn(|i| self.halves[0][i].load(Relaxed) + self.halves[1][i].load(Relaxed))
+    }
+}
+
+/// A latency histogram over a recent window, with log-spaced buckets.
+#[derive(Debug)]
+pub struct WindowedHistogram(WindowedCounters<BUCKETS>);
+
+impl WindowedHistogram {
+    pub fn new(window_s: u64) -> Self {
+        WindowedHistogram(WindowedCounters::new(window_s))
+    }
+
+    pub fn record(&self, ms: f64, now_s: u64) {
+        self.0.add(bucket_of(ms), 1, now_s);
     }
 
     /// (p50, p95, p99) in ms, as bucket upper bounds; None without samples.
     pub fn percentiles(&self, now_s: u64) -> Option<[f64; 3]> {
-        self.maybe_turn(now_s);
-        let counts: [u64; BUCKETS] =
-            std::array::from_fn(|i| self.halves[0][i].load(Relaxed) + self.halves[1][i].load(Relaxed));
+        let counts = self.0.sums(now_s);
         let total: u64 = counts.iter().sum();
         if total == 0 {
             return None;
@@ -130,11 +150,8 @@ pub struct Metrics {
     last_error: Mutex<Option<(ErrorCode, u64)>>,
     pub ttft: WindowedHistogram,
     pub total_latency: WindowedHistogram,
-    decode_tokens_window: [AtomicU64; 2],
-    decode_us_window: [AtomicU64; 2],
-    decode_window_turned_s: AtomicU64,
-    decode_current: AtomicUsize,
-    window_s: u64,
+    /// Decoded tokens (0) and decode microseconds (1) over the recent window.
+    decode: WindowedCounters<2>,
 }
 
 fn unix_now() -> u64 {
@@ -167,11 +184,7 @@ impl Metrics {
             last_error: Mutex::new(None),
             ttft: WindowedHistogram::new(window_s),
             total_latency: WindowedHistogram::new(window_s),
-            decode_tokens_window: [AtomicU64::new(0), AtomicU64::new(0)],
-            decode_us_window: [AtomicU64::new(0), AtomicU64::new(0)],
-            decode_window_turned_s: AtomicU64::new(unix_now()),
-            decode_current: AtomicUsize::new(0),
-            window_s: window_s.max(2) / 2,
+            decode: WindowedCounters::new(window_s),
         }
     }
 
@@ -239,29 +252,13 @@ impl Metrics {
         self.tokens_generated.fetch_add(tokens as u64, Relaxed);
         self.ttft.record(ttft_ms, now);
         self.total_latency.record(total_ms, now);
-        self.turn_decode_window(now);
-        let i = self.decode_current.load(Relaxed);
-        self.decode_tokens_window[i].fetch_add(tokens as u64, Relaxed);
-        self.decode_us_window[i].fetch_add((decode_ms * 1e3) as u64, Relaxed);
-    }
-
-    fn turn_decode_window(&self, now: u64) {
-        let turned = self.decode_window_turned_s.load(Relaxed);
-        if now >= turned + self.window_s
-            && self.decode_window_turned_s.compare_exchange(turned, now, Relaxed, Relaxed).is_ok()
-        {
-            let next = 1 - self.decode_current.load(Relaxed);
-            self.decode_tokens_window[next].store(0, Relaxed);
-            self.decode_us_window[next].store(0, Relaxed);
-            self.decode_current.store(next, Relaxed);
-        }
+        self.decode.add(0, tokens as u64, now);
+        self.decode.add(1, (decode_ms * 1e3) as u64, now);
     }
 
     /// Decode speed over the recent window; None without samples.
     pub fn tokens_per_second(&self) -> Option<f64> {
-        self.turn_decode_window(unix_now());
-        let tokens: u64 = self.decode_tokens_window.iter().map(|a| a.load(Relaxed)).sum();
-        let us: u64 = self.decode_us_window.iter().map(|a| a.load(Relaxed)).sum();
+        let [tokens, us] = self.decode.sums(unix_now());
         (us > 0 && tokens > 0).then(|| (tokens as f64 / (us as f64 / 1e6) * 10.0).round() / 10.0)
     }
 

@@ -99,8 +99,10 @@ fn full_queue_answers_busy_at_once_and_every_request_gets_one_final_reply() {
     let busy = finals.values().filter(|e| e["code"] == "busy").count();
     let done = finals.values().filter(|e| e["event"] == "done").count();
     assert_eq!(busy + done, n, "{finals:?}");
-    assert!(busy >= 3, "with one running and one queued, most of {n} are busy: {finals:?}");
-    assert!(done >= 2);
+    // A burst of 6 outruns the worker: at most one running plus one queued are admitted (one,
+    // when the burst arrives before the worker has taken the first from the queue).
+    assert!((1..=2).contains(&done), "{finals:?}");
+    assert!(busy >= 4, "{finals:?}");
 }
 
 #[test]

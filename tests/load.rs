@@ -57,7 +57,8 @@ fn overload_64_clients_against_a_queue_of_8_each_get_one_final_reply() {
     );
     assert_eq!(total, 64);
     assert_eq!(codes.get("done").copied().unwrap_or(0) + codes.get("busy").copied().unwrap_or(0), 64, "{codes:?}");
-    assert!(codes["done"] >= 9, "at least the queue and the running one: {codes:?}");
+    // The queue always takes its 8; a ninth runs when the worker took one before the burst filled it.
+    assert!(codes["done"] >= 8, "at least the queue's capacity: {codes:?}");
     // Admitted work waited behind at most 8 others: bounded well below the request timeout.
     assert!(admitted_latency.last().unwrap() < &Duration::from_secs(60));
     // And the daemon is still up and serving.
