@@ -23,10 +23,6 @@ impl Notifier {
         Notifier { socket }
     }
 
-    pub fn enabled(&self) -> bool {
-        self.socket.is_some()
-    }
-
     pub fn notify(&self, message: &str) {
         if let Some((socket, addr)) = &self.socket
             && let Err(e) = socket.send_to_addr(message.as_bytes(), addr)

@@ -98,12 +98,4 @@ impl TextStream {
         self.emitted = self.text.len();
         &self.text[start..]
     }
-
-    pub fn text(&self) -> &str {
-        &self.text
-    }
-
-    pub fn token_count(&self) -> usize {
-        self.ids.len()
-    }
 }

@@ -156,10 +156,6 @@ mod runtime {
             &self.generation
         }
 
-        pub fn safety(&self) -> &SafetyRules {
-            &self.safety
-        }
-
         /// The tokens every prompt starts with: the common prefix of two prompts that differ
         /// only in the user's text. `prepare` still checks that each prompt really starts with
         /// them, so an odd template costs speed, never correctness.
