@@ -12,6 +12,7 @@ pub use crate::budget::MemoryBudget;
 use crate::config::Config;
 use crate::engine::{Engine, EngineOptions, Flow, GenerateRequest, SamplingParams};
 use crate::pipeline::{Pipeline, PromptInput};
+use crate::protocol::GenerateParams;
 
 #[derive(Debug, Parser)]
 #[command(name = "edgellm", version, about = "On-device LLM daemon: a quantized ONNX model run by tract")]
@@ -181,12 +182,12 @@ pub fn generate(
     let mut pipeline = Pipeline::new(config, engine)?;
     let prepared = pipeline.prepare(engine, PromptInput { prompt, session: None })?;
     let generation = pipeline.generation();
-    let sampling =
-        SamplingParams { temperature: temperature.unwrap_or(generation.temperature), seed, ..generation.sampling() };
+    let params = GenerateParams { max_tokens, temperature, seed: Some(seed), ..GenerateParams::default() };
+    let (sampling, max_new_tokens) = generation.for_request(&params);
     let request = GenerateRequest {
         prompt_ids: &prepared.ids,
         shared_prefix_len: prepared.shared_prefix_len,
-        max_new_tokens: max_tokens.unwrap_or(generation.max_new_tokens).min(generation.max_new_tokens_limit),
+        max_new_tokens,
         sampling,
         stop_strings: &generation.stop_strings,
         deadline: None,

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::engine::SamplingParams;
 pub use crate::pipeline::grounding::GroundingConfig;
 pub use crate::pipeline::safety::SafetyConfig;
+use crate::protocol::GenerateParams;
 
 /// The documented default configuration, as shipped in `/etc/edgellm/edgellm.toml`.
 pub const DEFAULT_CONFIG: &str = include_str!("../config/edgellm.toml");
@@ -119,6 +120,19 @@ impl Default for GenerationConfig {
 }
 
 impl GenerationConfig {
+    /// A request's sampling settings and answer length: its own values where given, the
+    /// config's otherwise, the length capped at `max_new_tokens_limit`.
+    pub fn for_request(&self, params: &GenerateParams) -> (SamplingParams, usize) {
+        let sampling = SamplingParams {
+            temperature: params.temperature.unwrap_or(self.temperature),
+            top_p: params.top_p.unwrap_or(self.top_p),
+            top_k: params.top_k.unwrap_or(self.top_k),
+            seed: params.seed.unwrap_or(0),
+            ..self.sampling()
+        };
+        (sampling, params.max_tokens.unwrap_or(self.max_new_tokens).min(self.max_new_tokens_limit))
+    }
+
     pub fn sampling(&self) -> SamplingParams {
         SamplingParams {
             temperature: self.temperature,

@@ -194,15 +194,7 @@ impl Worker {
             self.metrics.record_safety(d.kind, d.action);
         }
         let generation = self.pipeline.generation();
-        let sampling = SamplingParams {
-            temperature: req.params.temperature.unwrap_or(generation.temperature),
-            top_p: req.params.top_p.unwrap_or(generation.top_p),
-            top_k: req.params.top_k.unwrap_or(generation.top_k),
-            seed: req.params.seed.unwrap_or(0),
-            ..generation.sampling()
-        };
-        let max_new_tokens =
-            req.params.max_tokens.unwrap_or(generation.max_new_tokens).min(generation.max_new_tokens_limit);
+        let (sampling, max_new_tokens) = generation.for_request(&req.params);
         let stop_strings = generation.stop_strings.clone();
         let settings = format!("{sampling:?}|{max_new_tokens}|{stop_strings:?}");
         let cache_key = Pipeline::cache_key(&prepared, &settings);
