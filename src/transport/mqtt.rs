@@ -193,8 +193,10 @@ async fn health_loop(mqtt: Arc<Mqtt>, shared: Shared, out: mpsc::Sender<Outgoing
     let interval = Duration::from_secs(shared.config.health.interval_secs);
     let topic = format!("{}/health", mqtt.prefix);
     loop {
-        let doc = shared.health();
-        if let Ok(payload) = serde_json::to_string(&doc) {
+        // A document queued while disconnected would reach the broker stale (saying
+        // "disconnected"); the ConnAck handler wakes this loop for a fresh one instead.
+        let connected = shared.metrics.mqtt_connected.load(Relaxed);
+        if connected && let Ok(payload) = serde_json::to_string(&shared.health()) {
             // Health is periodic: when the buffer is full, this one is skipped, not queued.
             let _ = out.try_send(Outgoing { topic: topic.clone(), payload, retain: true, correlation: None });
         }
