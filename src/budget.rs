@@ -63,9 +63,43 @@ impl MemoryBudget {
         if g.knowledge_dir.is_some() {
             add(
                 "knowledge",
-                g.max_chunks as f64 * (g.chunk_bytes as f64 * 3.0 + 256.0),
-                format!("{} chunks x {} bytes, with their term index", g.max_chunks, g.chunk_bytes),
+                g.max_chunks as f64 * (g.chunk_bytes as f64 * 3.0 + 256.0) * 2.0,
+                format!(
+                    "{} chunks x {} bytes, with their term index; x2 while a reload builds the new one",
+                    g.max_chunks, g.chunk_bytes
+                ),
             );
+            let e = &g.embedding;
+            if e.enabled {
+                let dir = e.model_dir.clone().unwrap_or_default();
+                let manifest: serde_json::Value = std::fs::read_to_string(dir.join("manifest.json"))
+                    .ok()
+                    .and_then(|t| serde_json::from_str(&t).ok())
+                    .unwrap_or_default();
+                let file_bytes = manifest["model_file"]
+                    .as_str()
+                    .and_then(|f| std::fs::metadata(dir.join(f)).ok())
+                    .map(|m| m.len() as f64)
+                    .unwrap_or(0.0);
+                let dimension = manifest["dimension"].as_f64().unwrap_or(384.0);
+                add(
+                    "embedding model",
+                    file_bytes * 3.5 + e.max_tokens as f64 * dimension * 4.0 * 32.0,
+                    format!(
+                        "tract keeps the int8 embedding table and folds the int8 matrices to f32 (x3.5 the file in {}, measured), activations for {} tokens",
+                        dir.display(),
+                        e.max_tokens
+                    ),
+                );
+                add(
+                    "vector store",
+                    g.max_chunks as f64 * (dimension * 4.0 + 8.0) * 2.0,
+                    format!(
+                        "{} chunks x {} f32, preallocated; x2 while a reload builds the new one",
+                        g.max_chunks, dimension
+                    ),
+                );
+            }
         }
         add(
             "sessions",

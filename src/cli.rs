@@ -289,7 +289,7 @@ pub fn bench(
         let started = Instant::now();
         let mut engine = Engine::load(options)?;
         let load_ms = started.elapsed().as_secs_f64() * 1e3;
-        let mut pipeline = Pipeline::new(config, &engine)?;
+        let mut pipeline = Pipeline::new(config, &mut engine)?;
         let prepared = pipeline.prepare(&engine, PromptInput { prompt: BENCH_PROMPT, session: None })?;
         let request = GenerateRequest {
             prompt_ids: &prepared.ids,

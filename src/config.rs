@@ -338,6 +338,25 @@ fn default_model_dir() -> PathBuf {
     first.unwrap_or_else(|| PathBuf::from("models/smollm2"))
 }
 
+/// Where the embedding model is looked for: $EDGELLM_EMBEDDING_DIR, then `minilm` beside the
+/// LLM's directory, then the usual places.
+fn default_embedding_dir(model_dir: &Path) -> PathBuf {
+    let beside = model_dir.parent().map(|p| p.join("minilm"));
+    let candidates = std::env::var_os("EDGELLM_EMBEDDING_DIR")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain(beside)
+        .chain([PathBuf::from("models/minilm"), PathBuf::from("/usr/share/edgellm/models/minilm")]);
+    let mut first = None;
+    for candidate in candidates {
+        if candidate.join("manifest.json").exists() {
+            return candidate;
+        }
+        first.get_or_insert(candidate);
+    }
+    first.unwrap_or_else(|| PathBuf::from("models/minilm"))
+}
+
 impl Config {
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
@@ -431,6 +450,22 @@ impl Config {
         }
         if gr.answer_cache_entries > 100_000 || gr.answer_cache_bytes > 256 << 20 {
             return Err(invalid("grounding.answer_cache_bytes", "at most 100000 entries and 256 MiB"));
+        }
+        let e = &mut self.grounding.embedding;
+        if !(8..=512).contains(&e.max_tokens) {
+            return Err(invalid("grounding.embedding.max_tokens", "must be between 8 and 512"));
+        }
+        if !(-1.0..=1.0).contains(&e.min_similarity) {
+            return Err(invalid("grounding.embedding.min_similarity", "a cosine similarity, between -1 and 1"));
+        }
+        if e.candidates == 0 || e.candidates > 1000 {
+            return Err(invalid("grounding.embedding.candidates", "must be between 1 and 1000"));
+        }
+        if !(e.rrf_k.is_finite() && e.rrf_k >= 0.0) {
+            return Err(invalid("grounding.embedding.rrf_k", "must be zero or positive"));
+        }
+        if e.model_dir.as_ref().is_none_or(|d| d.as_os_str().is_empty()) {
+            e.model_dir = Some(default_embedding_dir(&self.model.dir));
         }
         if let Err(e) = crate::pipeline::safety::SafetyRules::new(&self.safety) {
             return Err(invalid("safety", e.to_string()));

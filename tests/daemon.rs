@@ -433,3 +433,41 @@ fn bad_config_and_bad_model_exit_with_their_codes() {
     let out = Command::new(bin).args(["serve", "--config"]).arg(&config).output().unwrap();
     assert_eq!(out.status.code(), Some(4));
 }
+
+#[test]
+fn a_paraphrased_question_gets_the_fact_through_dense_retrieval() {
+    let knowledge = tempfile::tempdir().unwrap();
+    let files = [
+        ("lab.md", "# The lab\n\nThe door code of the lab is 4417.\n\nThe lab is on the third floor of Building C.\n"),
+        ("kitchen.md", "# Kitchen\n\nThe coffee machine is cleaned every Friday by Maria Rossi.\n"),
+        ("wifi.txt", "The guest Wi-Fi network is called EdgeGuest.\n"),
+    ];
+    for (name, text) in files {
+        std::fs::write(knowledge.path().join(name), text).unwrap();
+    }
+    // No search term in common with lab.md ("pin", "laboratory").
+    let question = "What is the PIN for the laboratory?";
+    let ask = |extra: &str| {
+        let daemon = Daemon::start(&format!(
+            "[generation]\nmax_new_tokens = 32\n[grounding]\nknowledge_dir = \"{}\"\n{extra}",
+            knowledge.path().display()
+        ));
+        let done = daemon.client().ask(json!({"id": "p1", "prompt": question, "temperature": 0.0}));
+        assert_eq!(done["event"], "done", "{done}");
+        (done, daemon.log_text())
+    };
+
+    let (done, log) = ask("");
+    let sources = done["sources"].as_array().unwrap();
+    assert_eq!(sources[0]["file"], "lab.md", "{sources:?}");
+    assert_eq!(sources[0]["retriever"], "dense", "found by meaning, not by keyword");
+    assert!(done["text"].as_str().unwrap().contains("4417"), "answer: {}", done["text"]);
+    assert!(done["timings"]["retrieval_ms"].as_f64().unwrap() > 0.0);
+    assert!(log.contains("knowledge embedded"), "{log}");
+
+    // Switched off: keyword retrieval alone finds nothing, and the model does not know the code.
+    let (done, log) = ask("[grounding.embedding]\nenabled = false\n");
+    assert!(done["sources"].as_array().unwrap().iter().all(|s| s["file"] != "lab.md"), "{done}");
+    assert!(!done["text"].as_str().unwrap().contains("4417"), "answer: {}", done["text"]);
+    assert!(!log.contains("embedding model loaded"), "{log}");
+}

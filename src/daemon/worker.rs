@@ -68,7 +68,7 @@ pub fn spawn(
                     return;
                 }
             };
-            let mut pipeline = match Pipeline::new(&config, &engine) {
+            let mut pipeline = match Pipeline::new(&config, &mut engine) {
                 Ok(p) => p,
                 Err(e) => {
                     let _ = ready_tx.send(Err(e.to_string()));
@@ -146,11 +146,10 @@ impl Worker {
     }
 
     fn reload(&mut self, config: Config) {
-        match Pipeline::new(&config, &self.engine) {
+        match Pipeline::reload(&config, &mut self.engine, &mut self.pipeline) {
             Ok(pipeline) => {
                 self.metrics.knowledge_reload_failed.store(pipeline.knowledge_error().is_some(), Relaxed);
-                let old = std::mem::replace(&mut self.pipeline, pipeline);
-                self.pipeline.adopt_sessions(old);
+                self.pipeline = pipeline;
                 self.engine.clear_prefix_cache();
                 self.config = config;
                 tracing::info!("worker reloaded its settings");
@@ -318,7 +317,7 @@ impl Worker {
         );
         let t = &generation.timings;
         let total_ms = job.admitted.elapsed().as_secs_f64() * 1e3;
-        let queue_ms = total_ms - (t.prefill_ms + t.decode_ms);
+        let queue_ms = total_ms - (t.prefill_ms + t.decode_ms + prepared.retrieval_ms);
         self.metrics.record_completion(
             queue_ms.max(0.0) + t.time_to_first_token_ms,
             total_ms,
@@ -347,6 +346,7 @@ impl Worker {
             usage: Usage { prompt_tokens: generation.prompt_tokens, completion_tokens: generation.completion_tokens },
             timings: serde_json::json!({
                 "queue_ms": round1(queue_ms.max(0.0)),
+                "retrieval_ms": round1(prepared.retrieval_ms),
                 "prefill_ms": round1(t.prefill_ms),
                 "decode_ms": round1(t.decode_ms),
                 "time_to_first_token_ms": round1(t.time_to_first_token_ms),

@@ -9,6 +9,7 @@
 //! way a [`DecodeState`] can be cloned cheaply (tensors are shared), which is how the state
 //! after the fixed system prompt is kept and reused by later requests.
 
+pub mod embedder;
 mod manifest;
 pub mod sampler;
 mod stream;
@@ -22,6 +23,7 @@ use serde::Serialize;
 use tokenizers::Tokenizer;
 use tract_onnx::prelude::*;
 
+pub use embedder::{Embedder, EmbedderInfo};
 pub use manifest::{ModelDims, ModelManifest, SpecialTokens};
 pub use sampler::{SamplingParams, SeededRng};
 pub use stream::TextStream;
@@ -176,6 +178,8 @@ pub struct Engine {
     options: EngineOptions,
     sampler: Sampler,
     prefix: Option<PrefixSnapshot>,
+    /// The sentence-embedding model for dense retrieval, when the config asks for it.
+    embedder: Option<Embedder>,
 }
 
 impl Engine {
@@ -222,11 +226,21 @@ impl Engine {
         let sampler = Sampler::new(manifest.dims.vocab);
         let executor = (options.threads > 1)
             .then(|| tract_linalg::multithread::Executor::multithread_with_name(options.threads, "edgellm-mm"));
-        Ok(Engine { plan, executor, io, tokenizer, manifest, info, options, sampler, prefix: None })
+        Ok(Engine { plan, executor, io, tokenizer, manifest, info, options, sampler, prefix: None, embedder: None })
     }
 
     pub fn info(&self) -> &ModelInfo {
         &self.info
+    }
+
+    /// Loads the embedding model in `dir`; it stays loaded for the engine's life.
+    pub fn load_embedder(&mut self, dir: &Path, max_tokens: usize) -> Result<(), EngineError> {
+        self.embedder = Some(Embedder::load(dir, max_tokens)?);
+        Ok(())
+    }
+
+    pub fn embedder(&self) -> Option<&Embedder> {
+        self.embedder.as_ref()
     }
 
     pub fn manifest(&self) -> &ModelManifest {

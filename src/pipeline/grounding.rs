@@ -3,6 +3,10 @@
 //! - [`KnowledgeIndex`]: the files of a knowledge directory, chunked and indexed with BM25 at
 //!   start-up and on reload; the best chunks for a prompt are added within a token budget and
 //!   reported as sources (file and chunk).
+//! - [`DenseIndex`]: the same chunks as unit vectors from a sentence-embedding model, in a
+//!   store preallocated at `max_chunks` × dimension; it finds paraphrases that share no
+//!   keyword. [`fuse`] merges both rankings (reciprocal rank fusion) and remembers which
+//!   retriever found each chunk.
 //! - [`extract_entities`]: names, places, organisations, dates, numbers, e-mails and URLs in
 //!   the prompt, from rules and a gazetteer built from the knowledge files; they boost
 //!   retrieval and are reported with the answer.
@@ -41,6 +45,38 @@ pub struct GroundingConfig {
     pub history_token_budget: usize,
     pub answer_cache_entries: usize,
     pub answer_cache_bytes: usize,
+    pub embedding: EmbeddingConfig,
+}
+
+/// Dense retrieval with a sentence-embedding model, beside keyword retrieval.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmbeddingConfig {
+    /// Used only when a knowledge directory is set; off: keyword retrieval alone.
+    pub enabled: bool,
+    /// The embedding model's directory; unset: `minilm` beside the LLM's directory.
+    pub model_dir: Option<PathBuf>,
+    /// Tokens of a chunk or prompt the model reads; the rest is truncated.
+    pub max_tokens: usize,
+    /// Cosine similarity below which a dense match does not count.
+    pub min_similarity: f32,
+    /// Candidates each retriever contributes to the fusion.
+    pub candidates: usize,
+    /// The reciprocal rank fusion constant: larger flattens the ranks' weights.
+    pub rrf_k: f32,
+}
+
+impl Default for EmbeddingConfig {
+    fn default() -> Self {
+        EmbeddingConfig {
+            enabled: true,
+            model_dir: None,
+            max_tokens: 128,
+            min_similarity: 0.25,
+            candidates: 8,
+            rrf_k: 60.0,
+        }
+    }
 }
 
 impl Default for GroundingConfig {
@@ -58,6 +94,7 @@ impl Default for GroundingConfig {
             history_token_budget: 384,
             answer_cache_entries: 128,
             answer_cache_bytes: 256 * 1024,
+            embedding: EmbeddingConfig::default(),
         }
     }
 }
@@ -66,6 +103,8 @@ impl Default for GroundingConfig {
 pub enum GroundingError {
     #[error("knowledge directory {path}: {reason}")]
     Knowledge { path: String, reason: String },
+    #[error("embedding chunk {file}#{chunk}: {reason}")]
+    Embedding { file: String, chunk: usize, reason: String },
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -349,6 +388,218 @@ fn capitalized_phrases(text: &str) -> Vec<String> {
         .map(|m| m.as_str().to_string())
         .filter(|p| p.len() >= 3 && p.len() <= 64)
         .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dense retrieval
+
+/// Unit-length chunk embeddings in one buffer allocated at its full capacity up front, so the
+/// store never grows after start-up or reload. Row `i` belongs to `KnowledgeIndex::chunks[i]`.
+#[derive(Debug)]
+pub struct DenseIndex {
+    dimension: usize,
+    vectors: Vec<f32>,
+    len: usize,
+    /// Hash of each row's chunk text, so a reload re-embeds only what changed.
+    text_hashes: Vec<u64>,
+}
+
+/// Writes the embedding of a text into a buffer of the index's dimension.
+pub type EmbedFn<'a> = dyn FnMut(&str, &mut [f32]) -> Result<(), String> + 'a;
+
+impl DenseIndex {
+    pub fn with_capacity(dimension: usize, capacity: usize) -> DenseIndex {
+        DenseIndex {
+            dimension,
+            vectors: vec![0.0; dimension * capacity],
+            len: 0,
+            text_hashes: Vec::with_capacity(capacity),
+        }
+    }
+
+    /// Embeds every chunk of `index`; rows whose text is unchanged since `previous` are copied.
+    /// Returns the index and how many chunks were embedded anew.
+    pub fn build(
+        index: &KnowledgeIndex,
+        dimension: usize,
+        capacity: usize,
+        previous: Option<&DenseIndex>,
+        embed: &mut EmbedFn<'_>,
+    ) -> Result<(DenseIndex, usize), GroundingError> {
+        let mut dense = DenseIndex::with_capacity(dimension, capacity);
+        let reusable: HashMap<u64, usize> = previous
+            .filter(|p| p.dimension == dimension)
+            .map(|p| p.text_hashes.iter().enumerate().map(|(row, h)| (*h, row)).collect())
+            .unwrap_or_default();
+        let mut embedded = 0;
+        for chunk in index.chunks.iter().take(capacity) {
+            let hash = text_hash(&chunk.text);
+            let row = dense.len;
+            let target = &mut dense.vectors[row * dimension..(row + 1) * dimension];
+            match (reusable.get(&hash), previous) {
+                (Some(&old), Some(p)) => target.copy_from_slice(p.row(old)),
+                _ => {
+                    embed(&chunk.text, target).map_err(|reason| GroundingError::Embedding {
+                        file: chunk.source.clone(),
+                        chunk: chunk.index,
+                        reason,
+                    })?;
+                    embedded += 1;
+                }
+            }
+            dense.text_hashes.push(hash);
+            dense.len += 1;
+        }
+        Ok((dense, embedded))
+    }
+
+    fn row(&self, i: usize) -> &[f32] {
+        &self.vectors[i * self.dimension..(i + 1) * self.dimension]
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn dimension(&self) -> usize {
+        self.dimension
+    }
+
+    /// Bytes held, all allocated at construction.
+    pub fn bytes(&self) -> usize {
+        self.vectors.capacity() * 4 + self.text_hashes.capacity() * 8
+    }
+
+    /// The `k` rows most similar to the unit vector `query` with at least `min_similarity`,
+    /// best first (an exhaustive scan: a few thousand rows take well under a millisecond).
+    pub fn search(&self, query: &[f32], k: usize, min_similarity: f32) -> Vec<(usize, f32)> {
+        if query.len() != self.dimension || k == 0 {
+            return Vec::new();
+        }
+        let mut best: Vec<(usize, f32)> = Vec::with_capacity(k + 1);
+        for i in 0..self.len {
+            let score: f32 = self.row(i).iter().zip(query).map(|(a, b)| a * b).sum();
+            if score < min_similarity || best.len() == k && score <= best[k - 1].1 {
+                continue;
+            }
+            let at = best.partition_point(|(_, s)| *s >= score);
+            best.insert(at, (i, score));
+            best.truncate(k);
+        }
+        best
+    }
+}
+
+fn text_hash(text: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
+}
+
+/// Which retrievers ranked a chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FoundBy {
+    pub keyword: bool,
+    pub dense: bool,
+}
+
+impl FoundBy {
+    pub fn name(self) -> &'static str {
+        match (self.keyword, self.dense) {
+            (true, true) => "hybrid",
+            (false, true) => "dense",
+            _ => "keyword",
+        }
+    }
+}
+
+/// A chunk chosen for a prompt.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Hit {
+    pub chunk: usize,
+    pub score: f32,
+    pub found_by: FoundBy,
+}
+
+/// Which retrievers rank the knowledge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retrieval {
+    Keyword,
+    Dense,
+    Hybrid,
+}
+
+/// The best `config.top_chunks` chunks for a prompt's weighted `terms` and, for dense and
+/// hybrid retrieval, its embedding (`dense`: the chunk vectors and the prompt's vector).
+/// Without vectors every mode falls back to keywords.
+pub fn retrieve(
+    knowledge: &KnowledgeIndex,
+    dense: Option<(&DenseIndex, &[f32])>,
+    terms: &[(String, f32)],
+    how: Retrieval,
+    config: &GroundingConfig,
+) -> Vec<Hit> {
+    let top = config.top_chunks;
+    let e = &config.embedding;
+    let candidates = e.candidates.max(top);
+    let as_hits = |ranking: Vec<(usize, f32)>, found_by: FoundBy| -> Vec<Hit> {
+        ranking.into_iter().map(|(chunk, score)| Hit { chunk, score, found_by }).collect()
+    };
+    match (how, dense) {
+        (Retrieval::Dense, Some((vectors, query))) => {
+            as_hits(vectors.search(query, top, e.min_similarity), FoundBy { keyword: false, dense: true })
+        }
+        (Retrieval::Hybrid, Some((vectors, query))) => {
+            let keyword = knowledge.search(terms, candidates);
+            let similar = vectors.search(query, candidates, e.min_similarity);
+            fuse(&keyword, &similar, e.rrf_k, top)
+        }
+        _ => as_hits(knowledge.search(terms, top), FoundBy { keyword: true, dense: false }),
+    }
+}
+
+/// A prompt's search terms, with the words of its entities counted twice.
+pub fn query_terms(text: &str, entities: &[Entity]) -> Vec<(String, f32)> {
+    let mut query: Vec<(String, f32)> = terms(text).map(|t| (t, 1.0)).collect();
+    for entity in entities {
+        query.extend(terms(&entity.text).map(|t| (t, 1.0)));
+    }
+    query
+}
+
+/// Reciprocal rank fusion of the keyword and dense rankings (best first each): a chunk scores
+/// `Σ 1 / (k + rank)` over the rankings it appears in, so agreement wins and neither
+/// retriever's raw score scale matters.
+pub fn fuse(keyword: &[(usize, f32)], dense: &[(usize, f32)], rrf_k: f32, top: usize) -> Vec<Hit> {
+    let mut hits: Vec<Hit> = Vec::with_capacity(keyword.len() + dense.len());
+    for (ranking, is_dense) in [(keyword, false), (dense, true)] {
+        for (rank, (chunk, _)) in ranking.iter().enumerate() {
+            let add = 1.0 / (rrf_k + rank as f32 + 1.0);
+            match hits.iter_mut().find(|h| h.chunk == *chunk) {
+                Some(hit) => {
+                    hit.score += add;
+                    hit.found_by.dense |= is_dense;
+                    hit.found_by.keyword |= !is_dense;
+                }
+                None => hits.push(Hit {
+                    chunk: *chunk,
+                    score: add,
+                    found_by: FoundBy { keyword: !is_dense, dense: is_dense },
+                }),
+            }
+        }
+    }
+    // Ties (the same rank in one list each) go to the dense side: a keyword match on a common
+    // word is likelier to be spurious than a close embedding, and the keyword side's chunk
+    // still comes next.
+    hits.sort_by(|a, b| b.score.total_cmp(&a.score).then(b.found_by.dense.cmp(&a.found_by.dense)));
+    hits.truncate(top);
+    hits
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -654,6 +905,57 @@ mod tests {
         let hits = index.search(&query, 2);
         assert_eq!(index.chunks[hits[0].0].source, "lab.md");
         assert!(index.chunks[hits[0].0].text.contains("4417"));
+    }
+
+    #[test]
+    fn dense_index_is_preallocated_and_reuses_unchanged_rows_on_rebuild() {
+        let (_dir, index) = knowledge(&[("a.md", "alpha beta\n\ngamma delta\n\nepsilon")]);
+        assert_eq!(index.chunks.len(), 1, "small paragraphs merge into one chunk");
+        let mut calls = 0;
+        let mut embed = |text: &str, out: &mut [f32]| {
+            calls += 1;
+            out.fill(0.0);
+            out[text.len() % out.len()] = 1.0;
+            Ok(())
+        };
+        let (dense, embedded) = DenseIndex::build(&index, 4, 10, None, &mut embed).unwrap();
+        assert_eq!((dense.len(), embedded), (1, 1));
+        assert_eq!(dense.bytes(), 4 * 10 * 4 + 10 * 8, "the full capacity up front");
+        let (again, embedded) = DenseIndex::build(&index, 4, 10, Some(&dense), &mut embed).unwrap();
+        assert_eq!((again.len(), embedded), (1, 0));
+        let (_dir2, bigger) = knowledge(&[("a.md", &"word. ".repeat(200))]);
+        let (capped, _) = DenseIndex::build(&bigger, 4, 1, None, &mut embed).unwrap();
+        assert_eq!(capped.len(), 1, "never more rows than the capacity");
+        assert_eq!(calls, 2, "one embedding for the first build, none for the rebuild, one for the capped one");
+    }
+
+    #[test]
+    fn dense_search_ranks_by_cosine_and_drops_weak_matches() {
+        let mut dense = DenseIndex::with_capacity(2, 4);
+        for v in [[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]] {
+            let row = dense.len;
+            dense.vectors[row * 2..row * 2 + 2].copy_from_slice(&v);
+            dense.text_hashes.push(row as u64);
+            dense.len += 1;
+        }
+        let hits = dense.search(&[0.8, 0.6], 2, 0.0);
+        assert_eq!(hits.iter().map(|h| h.0).collect::<Vec<_>>(), vec![1, 0]);
+        let strong = dense.search(&[0.0, 1.0], 3, 0.7);
+        assert_eq!(strong.iter().map(|h| h.0).collect::<Vec<_>>(), vec![2, 1]);
+    }
+
+    #[test]
+    fn fusion_rewards_agreement_and_says_who_found_what() {
+        let keyword = [(3, 9.0), (1, 5.0)];
+        let dense = [(1, 0.9), (7, 0.8)];
+        let hits = fuse(&keyword, &dense, 60.0, 3);
+        assert_eq!(hits[0].chunk, 1, "found by both");
+        assert_eq!(hits[0].found_by.name(), "hybrid");
+        assert_eq!((hits[1].chunk, hits[1].found_by.name()), (3, "keyword"));
+        assert_eq!((hits[2].chunk, hits[2].found_by.name()), (7, "dense"));
+        assert_eq!(fuse(&keyword, &[], 60.0, 1).len(), 1);
+        let tie = fuse(&[(3, 9.0)], &[(7, 0.5)], 60.0, 2);
+        assert_eq!(tie.iter().map(|h| h.chunk).collect::<Vec<_>>(), vec![7, 3], "a tie goes to the dense side");
     }
 
     #[test]

@@ -25,11 +25,15 @@ pub use runtime::*;
 mod runtime {
     use super::{grounding, postprocess, preprocess, safety};
     use crate::config::{Config, GenerationConfig, LimitsConfig};
-    use crate::engine::{Engine, EngineError};
-    use grounding::{AnswerCache, CachedAnswer, Entity, GroundingConfig, KnowledgeIndex, SessionMemory, SourceRef};
+    use crate::engine::{Embedder, Engine, EngineError};
+    use grounding::{
+        AnswerCache, CachedAnswer, DenseIndex, Entity, GroundingConfig, Hit, KnowledgeIndex, Retrieval, SessionMemory,
+        SourceRef,
+    };
     use postprocess::OutputGuard;
     use preprocess::{ChatMessage, ChatTemplate, PreprocessError};
     use safety::{Kind, SafetyRules, ScanReport};
+    use std::time::Instant;
 
     #[derive(Debug, thiserror::Error)]
     pub enum PipelineError {
@@ -59,6 +63,8 @@ mod runtime {
         pub sources: Vec<SourceRef>,
         pub entities: heapless::Vec<Entity, { grounding::MAX_ENTITIES }>,
         pub input_safety: ScanReport,
+        /// Time spent finding the knowledge chunks (embedding the prompt included).
+        pub retrieval_ms: f64,
     }
 
     /// What the caller passes in for one request.
@@ -81,6 +87,10 @@ mod runtime {
         grounding: GroundingConfig,
         safety: SafetyRules,
         knowledge: KnowledgeIndex,
+        /// The knowledge chunks' embeddings, when dense retrieval is on.
+        dense: Option<DenseIndex>,
+        /// The prompt's embedding, reused by every request.
+        query_vector: Vec<f32>,
         knowledge_error: Option<String>,
         sessions: SessionMemory,
         cache: AnswerCache,
@@ -97,7 +107,36 @@ mod runtime {
     impl Pipeline {
         /// Builds every stage from the config. A knowledge directory that cannot be read is not
         /// fatal: the pipeline runs without it and [`Pipeline::knowledge_error`] says why.
-        pub fn new(config: &Config, engine: &Engine) -> Result<Pipeline, PipelineError> {
+        /// When dense retrieval is on, the engine's embedding model is loaded (once) and the
+        /// chunks are embedded; `previous` lends the vectors of chunks that did not change.
+        pub fn new(config: &Config, engine: &mut Engine) -> Result<Pipeline, PipelineError> {
+            Self::rebuild(config, engine, None)
+        }
+
+        /// [`Pipeline::new`] for a reload: conversation memory and unchanged chunk embeddings
+        /// carry over from the pipeline this one replaces.
+        pub fn reload(config: &Config, engine: &mut Engine, old: &mut Pipeline) -> Result<Pipeline, PipelineError> {
+            let mut pipeline = Self::rebuild(config, engine, Some(old))?;
+            pipeline.sessions = std::mem::replace(&mut old.sessions, SessionMemory::new(0, 0));
+            Ok(pipeline)
+        }
+
+        fn rebuild(
+            config: &Config,
+            engine: &mut Engine,
+            previous: Option<&Pipeline>,
+        ) -> Result<Pipeline, PipelineError> {
+            let e = &config.grounding.embedding;
+            let wants_dense = e.enabled && config.grounding.knowledge_dir.is_some();
+            if wants_dense && engine.embedder().is_none() {
+                let dir = e.model_dir.clone().unwrap_or_default();
+                engine.load_embedder(&dir, e.max_tokens)?;
+                if let Some(embedder) = engine.embedder() {
+                    let info = embedder.info();
+                    tracing::info!(model = %info.id, load_ms = info.load_ms, dimension = info.dimension, "embedding model loaded");
+                }
+            }
+            let engine: &Engine = engine;
             let manifest = engine.manifest();
             let template = ChatTemplate::new(&manifest.chat_template)?;
             let system_prompt = if config.generation.system_prompt.is_empty() {
@@ -122,6 +161,28 @@ mod runtime {
                 }
             };
             let g = &config.grounding;
+            let mut dense = None;
+            let mut query_vector = Vec::new();
+            if let (true, Some(embedder)) = (wants_dense, engine.embedder())
+                && !knowledge.chunks.is_empty()
+            {
+                let started = Instant::now();
+                let old = previous.and_then(|p| p.dense.as_ref());
+                let mut embed =
+                    |text: &str, out: &mut [f32]| embedder.embed(text, out).map(|_| ()).map_err(|e| e.to_string());
+                let (index, embedded) =
+                    DenseIndex::build(&knowledge, embedder.dimension(), g.max_chunks, old, &mut embed)
+                        .map_err(|e| PipelineError::Engine(EngineError::Inference(e.to_string())))?;
+                tracing::info!(
+                    chunks = index.len(),
+                    embedded,
+                    reused = index.len() - embedded,
+                    ms = started.elapsed().as_millis() as u64,
+                    "knowledge embedded"
+                );
+                query_vector = vec![0.0; embedder.dimension()];
+                dense = Some(index);
+            }
             let mut pipeline = Pipeline {
                 template,
                 system_prompt,
@@ -130,6 +191,8 @@ mod runtime {
                 grounding: g.clone(),
                 safety: SafetyRules::new(&config.safety)?,
                 knowledge,
+                dense,
+                query_vector,
                 knowledge_error,
                 sessions: SessionMemory::new(g.sessions, g.session_bytes),
                 cache: AnswerCache::new(g.answer_cache_entries, g.answer_cache_bytes),
@@ -139,17 +202,17 @@ mod runtime {
             Ok(pipeline)
         }
 
-        /// Carries the conversation memory over from the pipeline this one replaces (reload).
-        pub fn adopt_sessions(&mut self, old: Pipeline) {
-            self.sessions = old.sessions;
-        }
-
         pub fn knowledge_error(&self) -> Option<&str> {
             self.knowledge_error.as_deref()
         }
 
         pub fn knowledge_chunks(&self) -> usize {
             self.knowledge.chunks.len()
+        }
+
+        /// Whether knowledge is searched by meaning as well as by keyword.
+        pub fn dense_retrieval(&self) -> bool {
+            self.dense.is_some()
         }
 
         pub fn generation(&self) -> &GenerationConfig {
@@ -200,23 +263,19 @@ mod runtime {
             let user_text = self.safety.redact(&cleaned, &input_safety);
 
             let entities = grounding::extract_entities(&user_text, &self.knowledge);
-            // Query terms, with the entities' words counted twice.
-            let mut query: Vec<(String, f32)> = grounding::terms(&user_text).map(|t| (t, 1.0)).collect();
-            for entity in &entities {
-                for term in grounding::terms(&entity.text) {
-                    query.push((term, 1.0));
-                }
-            }
+            let query = grounding::query_terms(&user_text, &entities);
+            let retrieval_started = Instant::now();
             let mut hits = Vec::new();
             let mut knowledge_tokens = 0;
-            for (chunk_ix, score) in self.knowledge.search(&query, self.grounding.top_chunks) {
-                let chunk = &self.knowledge.chunks[chunk_ix];
+            for hit in self.retrieve(engine.embedder(), &user_text, &query)? {
+                let chunk = &self.knowledge.chunks[hit.chunk];
                 if knowledge_tokens + chunk.tokens > self.grounding.knowledge_token_budget {
                     continue;
                 }
                 knowledge_tokens += chunk.tokens;
-                hits.push((chunk_ix, score));
+                hits.push(hit);
             }
+            let retrieval_ms = retrieval_started.elapsed().as_secs_f64() * 1e3;
             let mut history = match input.session {
                 Some(id) => self.sessions.turns(id),
                 None => Vec::new(),
@@ -243,13 +302,15 @@ mod runtime {
                         if ids.starts_with(&self.system_prefix_ids) { self.system_prefix_ids.len() } else { 0 };
                     let sources = hits
                         .iter()
-                        .map(|(ix, score)| {
-                            let c = &self.knowledge.chunks[*ix];
+                        .map(|hit| {
+                            let c = &self.knowledge.chunks[hit.chunk];
+                            // Fused scores are small (1/61 at best per retriever): keep 4 digits.
+                            let scale = if self.dense.is_some() { 10_000.0 } else { 100.0 };
                             SourceRef {
                                 file: c.source.clone(),
                                 chunk: c.index,
-                                score: (score * 100.0).round() / 100.0,
-                                retriever: "keyword",
+                                score: (hit.score * scale).round() / scale,
+                                retriever: hit.found_by.name(),
                             }
                         })
                         .collect();
@@ -261,6 +322,7 @@ mod runtime {
                         sources,
                         entities,
                         input_safety,
+                        retrieval_ms,
                     });
                 }
                 if !history.is_empty() {
@@ -274,15 +336,33 @@ mod runtime {
             }
         }
 
+        /// The best chunks for the prompt: BM25 alone, or fused with the dense ranking.
+        fn retrieve(
+            &mut self,
+            embedder: Option<&Embedder>,
+            user_text: &str,
+            query: &[(String, f32)],
+        ) -> Result<Vec<Hit>, PipelineError> {
+            let (Some(dense), Some(embedder)) = (&self.dense, embedder) else {
+                return Ok(grounding::retrieve(&self.knowledge, None, query, Retrieval::Keyword, &self.grounding));
+            };
+            if self.knowledge.chunks.is_empty() {
+                return Ok(Vec::new());
+            }
+            embedder.embed(user_text, &mut self.query_vector)?;
+            let vectors = Some((dense, &self.query_vector[..]));
+            Ok(grounding::retrieve(&self.knowledge, vectors, query, Retrieval::Hybrid, &self.grounding))
+        }
+
         /// The user's turn with the retrieved notes before the question. (A format the default
         /// 135M model follows: it ignores notes placed after the question.)
-        fn user_turn(&self, user_text: &str, hits: &[(usize, f32)]) -> String {
+        fn user_turn(&self, user_text: &str, hits: &[Hit]) -> String {
             if hits.is_empty() {
                 return user_text.to_string();
             }
             let mut turn = String::from("Information:");
-            for (ix, _) in hits {
-                for line in self.knowledge.chunks[*ix].text.lines() {
+            for hit in hits {
+                for line in self.knowledge.chunks[hit.chunk].text.lines() {
                     let line = line.trim_start_matches('#').trim();
                     if !line.is_empty() {
                         turn.push(' ');

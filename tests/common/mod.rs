@@ -19,6 +19,19 @@ pub fn model_dir() -> PathBuf {
     dir
 }
 
+/// The prepared embedding model (`make model`), next to the LLM.
+pub fn embedder_dir() -> PathBuf {
+    let dir = std::env::var_os("EDGELLM_EMBEDDING_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/minilm"));
+    assert!(
+        dir.join("model.onnx").exists(),
+        "embedding model not prepared at {}: run `make model` (models/prepare.sh) first",
+        dir.display()
+    );
+    dir
+}
+
 /// One engine per test binary: loading takes seconds, and tests take turns on it.
 pub fn shared_engine() -> MutexGuard<'static, Engine> {
     static ENGINE: OnceLock<Mutex<Engine>> = OnceLock::new();
