@@ -2,9 +2,10 @@
 # Runs a benchmark script with the model converter's venv, which has onnxruntime:
 #   bench/run.sh compare        edgellm bench vs onnxruntime on the same ONNX file
 #   bench/run.sh daemon_bench   the daemon end to end over its socket vs onnxruntime
+#   bench/run.sh grounding_bench  what dense retrieval adds: latency, RSS, start-up
 set -euo pipefail
 cd "$(dirname "$0")/.."
-script="${1:?usage: bench/run.sh compare|daemon_bench [args...]}"
+script="${1:?usage: bench/run.sh compare|daemon_bench|grounding_bench [args...]}"
 shift
 models/prepare.sh
 cache="${EDGELLM_CACHE:-$HOME/.cache/edgellm}"

@@ -89,6 +89,7 @@ pub fn spawn(
                 };
                 let _ = engine.generate(&warm, |_| Flow::Continue);
             }
+            crate::budget::release_free_heap();
             let _ = ready_tx.send(Ok(engine.info().clone()));
             let mut worker = Worker { engine, pipeline, config, metrics, control };
             worker.run(queue, control_rx);
@@ -150,6 +151,7 @@ impl Worker {
             Ok(pipeline) => {
                 self.metrics.knowledge_reload_failed.store(pipeline.knowledge_error().is_some(), Relaxed);
                 self.pipeline = pipeline;
+                crate::budget::release_free_heap();
                 self.engine.clear_prefix_cache();
                 self.config = config;
                 tracing::info!("worker reloaded its settings");
