@@ -30,6 +30,7 @@ lint:
 
 clean-model:
 	rm -rf models/smollm2/model.onnx models/smollm2/tokenizer.json models/smollm2/.prepared
+	rm -rf models/minilm/model.onnx models/minilm/tokenizer.json models/minilm/.prepared
 
 # Shipping build: LTO, one codegen unit, stripped, panic = abort (profile.dist).
 dist:
@@ -48,6 +49,8 @@ install:
 	test -e $(DESTDIR)/etc/edgellm/edgellm.toml || install -Dm640 config/edgellm.toml $(DESTDIR)/etc/edgellm/edgellm.toml
 	install -d $(DESTDIR)/usr/share/edgellm/models/smollm2
 	install -m644 models/smollm2/manifest.json models/smollm2/tokenizer.json models/smollm2/model.onnx $(DESTDIR)/usr/share/edgellm/models/smollm2/
+	install -d $(DESTDIR)/usr/share/edgellm/models/minilm
+	install -m644 models/minilm/manifest.json models/minilm/tokenizer.json models/minilm/model.onnx $(DESTDIR)/usr/share/edgellm/models/minilm/
 	sed -i 's#/usr/bin/edgellm#$(PREFIX)/bin/edgellm#g' $(DESTDIR)/etc/systemd/system/edgellm.service
 
 # ARM builds with `cross` (needs Docker or Podman): make cross-aarch64-unknown-linux-gnu
