@@ -154,15 +154,3 @@ impl MemoryBudget {
         out
     }
 }
-
-/// Hands the allocator's free pages back to the system. Parsing and optimising the models
-/// frees tens of MiB that glibc would otherwise keep in its arenas for the process's life, so
-/// this runs once the models are loaded (and after a reload). Elsewhere (musl) a no-op.
-#[allow(unsafe_code)]
-pub fn release_free_heap() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim takes no pointers; it only walks the allocator's own free lists.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}

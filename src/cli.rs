@@ -290,8 +290,6 @@ pub fn bench(
         let mut engine = Engine::load(options)?;
         let load_ms = started.elapsed().as_secs_f64() * 1e3;
         let mut pipeline = Pipeline::new(config, &mut engine)?;
-        // As the daemon does once its models are loaded, so that RSS compares.
-        crate::budget::release_free_heap();
         let prepared = pipeline.prepare(&engine, PromptInput { prompt: BENCH_PROMPT, session: None })?;
         let request = GenerateRequest {
             prompt_ids: &prepared.ids,

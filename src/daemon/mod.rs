@@ -145,7 +145,8 @@ pub async fn run(
         let config = config.clone();
         let control = worker_control.clone();
         let metrics = metrics.clone();
-        tokio::task::spawn_blocking(move || worker::spawn(config, queue_rx, control_rx, control, metrics))
+        let notifier = notifier.clone();
+        tokio::task::spawn_blocking(move || worker::spawn(config, queue_rx, control_rx, control, metrics, notifier))
             .await
             .map_err(|e| DaemonError::Runtime(e.to_string()))?
             .map_err(DaemonError::ModelLoad)?

@@ -43,6 +43,11 @@ impl Notifier {
         self.notify("STOPPING=1\nSTATUS=draining");
     }
 
+    /// Asks systemd for `more` time before it gives up on start-up (EXTEND_TIMEOUT_USEC).
+    pub fn extend_start_timeout(&self, more: std::time::Duration) {
+        self.notify(&format!("EXTEND_TIMEOUT_USEC={}", more.as_micros()));
+    }
+
     pub fn watchdog(&self) {
         self.notify("WATCHDOG=1");
     }

@@ -55,6 +55,7 @@ pub fn spawn(
     control_rx: Receiver<Control>,
     control: Arc<WorkerControl>,
     metrics: Arc<Metrics>,
+    notifier: Arc<super::notify::Notifier>,
 ) -> Result<(std::thread::JoinHandle<()>, ModelInfo), String> {
     let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Result<ModelInfo, String>>(1);
     let handle = std::thread::Builder::new()
@@ -68,7 +69,17 @@ pub fn spawn(
                     return;
                 }
             };
-            let mut pipeline = match Pipeline::new(&config, &mut engine) {
+            // Embedding a large knowledge directory takes a while: keep systemd's start-up
+            // timeout from expiring while it progresses.
+            let last_extended = std::cell::Cell::new(Instant::now());
+            let progress = |done: usize| {
+                if last_extended.get().elapsed() >= Duration::from_secs(5) {
+                    last_extended.set(Instant::now());
+                    notifier.extend_start_timeout(Duration::from_secs(30));
+                    notifier.status(&format!("embedding the knowledge ({done} chunks)"));
+                }
+            };
+            let mut pipeline = match Pipeline::with_progress(&config, &mut engine, &progress) {
                 Ok(p) => p,
                 Err(e) => {
                     let _ = ready_tx.send(Err(e.to_string()));
@@ -89,7 +100,6 @@ pub fn spawn(
                 };
                 let _ = engine.generate(&warm, |_| Flow::Continue);
             }
-            crate::budget::release_free_heap();
             let _ = ready_tx.send(Ok(engine.info().clone()));
             let mut worker = Worker { engine, pipeline, config, metrics, control };
             worker.run(queue, control_rx);
@@ -147,11 +157,14 @@ impl Worker {
     }
 
     fn reload(&mut self, config: Config) {
-        match Pipeline::reload(&config, &mut self.engine, &mut self.pipeline) {
+        // Re-embedding counts as progress for the watchdog.
+        let heartbeat = |_| {
+            self.metrics.worker_heartbeat.fetch_add(1, Relaxed);
+        };
+        match Pipeline::reload(&config, &mut self.engine, &mut self.pipeline, &heartbeat) {
             Ok(pipeline) => {
                 self.metrics.knowledge_reload_failed.store(pipeline.knowledge_error().is_some(), Relaxed);
                 self.pipeline = pipeline;
-                crate::budget::release_free_heap();
                 self.engine.clear_prefix_cache();
                 self.config = config;
                 tracing::info!("worker reloaded its settings");

@@ -110,13 +110,29 @@ mod runtime {
         /// When dense retrieval is on, the engine's embedding model is loaded (once) and the
         /// chunks are embedded; `previous` lends the vectors of chunks that did not change.
         pub fn new(config: &Config, engine: &mut Engine) -> Result<Pipeline, PipelineError> {
-            Self::rebuild(config, engine, None)
+            Self::rebuild(config, engine, None, &|_| {})
+        }
+
+        /// [`Pipeline::new`] that calls `progress(chunks embedded so far)` while it embeds the
+        /// knowledge, which can take a while: the daemon keeps its watchdog and start-up
+        /// timeout alive with it.
+        pub fn with_progress(
+            config: &Config,
+            engine: &mut Engine,
+            progress: &dyn Fn(usize),
+        ) -> Result<Pipeline, PipelineError> {
+            Self::rebuild(config, engine, None, progress)
         }
 
         /// [`Pipeline::new`] for a reload: conversation memory and unchanged chunk embeddings
         /// carry over from the pipeline this one replaces.
-        pub fn reload(config: &Config, engine: &mut Engine, old: &mut Pipeline) -> Result<Pipeline, PipelineError> {
-            let mut pipeline = Self::rebuild(config, engine, Some(old))?;
+        pub fn reload(
+            config: &Config,
+            engine: &mut Engine,
+            old: &mut Pipeline,
+            progress: &dyn Fn(usize),
+        ) -> Result<Pipeline, PipelineError> {
+            let mut pipeline = Self::rebuild(config, engine, Some(old), progress)?;
             pipeline.sessions = std::mem::replace(&mut old.sessions, SessionMemory::new(0, 0));
             Ok(pipeline)
         }
@@ -125,6 +141,7 @@ mod runtime {
             config: &Config,
             engine: &mut Engine,
             previous: Option<&Pipeline>,
+            progress: &dyn Fn(usize),
         ) -> Result<Pipeline, PipelineError> {
             let e = &config.grounding.embedding;
             let wants_dense = e.enabled && config.grounding.knowledge_dir.is_some();
@@ -168,8 +185,13 @@ mod runtime {
             {
                 let started = Instant::now();
                 let old = previous.and_then(|p| p.dense.as_ref());
-                let mut embed =
-                    |text: &str, out: &mut [f32]| embedder.embed(text, out).map(|_| ()).map_err(|e| e.to_string());
+                let mut done = 0;
+                let mut embed = |text: &str, out: &mut [f32]| {
+                    embedder.embed(text, out).map_err(|e| e.to_string())?;
+                    done += 1;
+                    progress(done);
+                    Ok(())
+                };
                 let (index, embedded) =
                     DenseIndex::build(&knowledge, embedder.dimension(), g.max_chunks, old, &mut embed)
                         .map_err(|e| PipelineError::Engine(EngineError::Inference(e.to_string())))?;
