@@ -154,3 +154,20 @@ impl MemoryBudget {
         out
     }
 }
+
+/// Makes the allocator's footprint follow the program's, so that RSS depends on the config and
+/// not on uptime. glibc raises its mmap threshold each time a large block is freed, after which
+/// blocks like a prefill chunk's logits (64 × 49152 f32 = 12 MiB) come from the heap and stay
+/// resident when freed; a soak saw RSS step up by 12 MiB after 1,600 requests. A fixed
+/// threshold keeps such blocks mmapped and returns them on free, and two arenas keep the
+/// runtime's threads from each growing a heap of their own. Call before any thread starts.
+/// Elsewhere (musl) a no-op.
+#[allow(unsafe_code)]
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt takes plain integers and is called before other threads exist.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}

@@ -8,6 +8,7 @@ use edgellm::engine::Engine;
 use edgellm::exit_code;
 
 fn main() -> ExitCode {
+    edgellm::budget::tune_allocator();
     // With panic = "abort" in shipped builds nothing unwinds: log the panic before the abort,
     // so the journal says where it happened.
     let default_hook = std::panic::take_hook();
