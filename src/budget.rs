@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::engine::ModelManifest;
+use crate::engine::{EmbedderManifest, ModelManifest};
 
 const MIB: f64 = 1024.0 * 1024.0;
 
@@ -72,16 +72,13 @@ impl MemoryBudget {
             let e = &g.embedding;
             if e.enabled {
                 let dir = e.model_dir.clone().unwrap_or_default();
-                let manifest: serde_json::Value = std::fs::read_to_string(dir.join("manifest.json"))
-                    .ok()
-                    .and_then(|t| serde_json::from_str(&t).ok())
-                    .unwrap_or_default();
-                let file_bytes = manifest["model_file"]
-                    .as_str()
-                    .and_then(|f| std::fs::metadata(dir.join(f)).ok())
+                let manifest = EmbedderManifest::load(&dir).ok();
+                let file_bytes = manifest
+                    .as_ref()
+                    .and_then(|m| std::fs::metadata(dir.join(&m.model_file)).ok())
                     .map(|m| m.len() as f64)
                     .unwrap_or(0.0);
-                let dimension = manifest["dimension"].as_f64().unwrap_or(384.0);
+                let dimension = manifest.as_ref().map_or(384.0, |m| m.dimension as f64);
                 add(
                     "embedding model",
                     file_bytes * 3.5 + e.max_tokens as f64 * dimension * 4.0 * 32.0,

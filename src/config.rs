@@ -322,12 +322,9 @@ impl Default for LoggingConfig {
     }
 }
 
-/// Where the default model is looked for, in order.
-fn default_model_dir() -> PathBuf {
-    let candidates = std::env::var_os("EDGELLM_MODEL_DIR")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain([PathBuf::from("models/smollm2"), PathBuf::from("/usr/share/edgellm/models/smollm2")]);
+/// The first candidate directory that holds a prepared model (a manifest), else the first
+/// candidate, so that the error names where the model was expected.
+fn first_prepared(candidates: impl IntoIterator<Item = PathBuf>) -> PathBuf {
     let mut first = None;
     for candidate in candidates {
         if candidate.join("manifest.json").exists() {
@@ -335,26 +332,29 @@ fn default_model_dir() -> PathBuf {
         }
         first.get_or_insert(candidate);
     }
-    first.unwrap_or_else(|| PathBuf::from("models/smollm2"))
+    first.unwrap_or_default()
+}
+
+/// Where the default model is looked for, in order.
+fn default_model_dir() -> PathBuf {
+    first_prepared(
+        std::env::var_os("EDGELLM_MODEL_DIR")
+            .map(PathBuf::from)
+            .into_iter()
+            .chain([PathBuf::from("models/smollm2"), PathBuf::from("/usr/share/edgellm/models/smollm2")]),
+    )
 }
 
 /// Where the embedding model is looked for: $EDGELLM_EMBEDDING_DIR, then `minilm` beside the
 /// LLM's directory, then the usual places.
 fn default_embedding_dir(model_dir: &Path) -> PathBuf {
-    let beside = model_dir.parent().map(|p| p.join("minilm"));
-    let candidates = std::env::var_os("EDGELLM_EMBEDDING_DIR")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain(beside)
-        .chain([PathBuf::from("models/minilm"), PathBuf::from("/usr/share/edgellm/models/minilm")]);
-    let mut first = None;
-    for candidate in candidates {
-        if candidate.join("manifest.json").exists() {
-            return candidate;
-        }
-        first.get_or_insert(candidate);
-    }
-    first.unwrap_or_else(|| PathBuf::from("models/minilm"))
+    first_prepared(
+        std::env::var_os("EDGELLM_EMBEDDING_DIR")
+            .map(PathBuf::from)
+            .into_iter()
+            .chain(model_dir.parent().map(|p| p.join("minilm")))
+            .chain([PathBuf::from("models/minilm"), PathBuf::from("/usr/share/edgellm/models/minilm")]),
+    )
 }
 
 impl Config {

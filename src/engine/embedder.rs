@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 use tract_onnx::prelude::*;
 
-use super::{EngineError, sha256_file};
+use super::{EngineError, checked_sha256};
 
 /// The manifest `models/embedder.py` writes next to the embedding model.
 #[derive(Debug, Clone, Deserialize)]
@@ -63,35 +63,31 @@ impl std::fmt::Debug for Embedder {
     }
 }
 
+impl EmbedderManifest {
+    pub fn load(dir: &Path) -> Result<Self, EngineError> {
+        let path = dir.join("manifest.json");
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| EngineError::Model(format!("cannot read {}: {e}", path.display())))?;
+        let manifest: EmbedderManifest = serde_json::from_str(&text)
+            .map_err(|e| EngineError::Model(format!("{} is not a valid manifest: {e}", path.display())))?;
+        if manifest.dimension == 0 || manifest.max_tokens < 3 {
+            return Err(EngineError::Model(format!("{}: inconsistent dimension or max_tokens", path.display())));
+        }
+        Ok(manifest)
+    }
+}
+
 impl Embedder {
     /// Loads the model in `dir` (manifest.json, model, tokenizer), truncating inputs at
     /// `max_tokens` (capped by the model's own limit).
     pub fn load(dir: &Path, max_tokens: usize) -> Result<Embedder, EngineError> {
         let started = Instant::now();
-        let manifest_path = dir.join("manifest.json");
-        let text = std::fs::read_to_string(&manifest_path)
-            .map_err(|e| EngineError::Model(format!("cannot read {}: {e}", manifest_path.display())))?;
-        let manifest: EmbedderManifest = serde_json::from_str(&text)
-            .map_err(|e| EngineError::Model(format!("{} is not a valid manifest: {e}", manifest_path.display())))?;
-        if manifest.dimension == 0 || manifest.max_tokens < 3 {
-            return Err(EngineError::Model(format!(
-                "{}: inconsistent dimension or max_tokens",
-                manifest_path.display()
-            )));
-        }
+        let manifest = EmbedderManifest::load(dir)?;
         let model_path: PathBuf = dir.join(&manifest.model_file);
         let file_bytes = std::fs::metadata(&model_path)
             .map_err(|e| EngineError::Model(format!("cannot read {}: {e}", model_path.display())))?
             .len();
-        let sha = sha256_file(&model_path)?;
-        if let Some(expected) = &manifest.model_sha256
-            && !sha.eq_ignore_ascii_case(expected)
-        {
-            return Err(EngineError::Model(format!(
-                "{} does not match its manifest (sha256 {sha}, expected {expected})",
-                model_path.display()
-            )));
-        }
+        let sha = checked_sha256(&model_path, manifest.model_sha256.as_deref())?;
         let tokenizer_path = dir.join(&manifest.tokenizer_file);
         let tokenizer = Tokenizer::from_file(&tokenizer_path)
             .map_err(|e| EngineError::Tokenizer(format!("{}: {e}", tokenizer_path.display())))?;

@@ -23,7 +23,7 @@ use serde::Serialize;
 use tokenizers::Tokenizer;
 use tract_onnx::prelude::*;
 
-pub use embedder::{Embedder, EmbedderInfo};
+pub use embedder::{Embedder, EmbedderInfo, EmbedderManifest};
 pub use manifest::{ModelDims, ModelManifest, SpecialTokens};
 pub use sampler::{SamplingParams, SeededRng};
 pub use stream::TextStream;
@@ -195,19 +195,7 @@ impl Engine {
         let tokenizer = Tokenizer::from_file(manifest.tokenizer_path(dir))
             .map_err(|e| EngineError::Tokenizer(format!("{}: {e}", manifest.tokenizer_path(dir).display())))?;
         let hashing = Instant::now();
-        let sha = match &manifest.model_sha256 {
-            Some(expected) => {
-                let actual = sha256_file(&model_path)?;
-                if !actual.eq_ignore_ascii_case(expected) {
-                    return Err(EngineError::Model(format!(
-                        "{} does not match its manifest (sha256 {actual}, expected {expected})",
-                        model_path.display()
-                    )));
-                }
-                actual
-            }
-            None => sha256_file(&model_path)?,
-        };
+        let sha = checked_sha256(&model_path, manifest.model_sha256.as_deref())?;
         tracing::debug!(sha256_ms = hashing.elapsed().as_millis() as u64, "model file checked");
 
         let (plan, io, in_state) = build_plan(&model_path, &manifest)
@@ -456,6 +444,18 @@ impl Engine {
     /// Forgets the cached prefix state (e.g. when the system prompt changes on reload).
     pub fn clear_prefix_cache(&mut self) {
         self.prefix = None;
+    }
+}
+
+/// The file's sha256, refused when its manifest names another.
+fn checked_sha256(path: &Path, expected: Option<&str>) -> Result<String, EngineError> {
+    let actual = sha256_file(path)?;
+    match expected {
+        Some(expected) if !actual.eq_ignore_ascii_case(expected) => Err(EngineError::Model(format!(
+            "{} does not match its manifest (sha256 {actual}, expected {expected})",
+            path.display()
+        ))),
+        _ => Ok(actual),
     }
 }
 
