@@ -10,6 +10,8 @@
 //! after the fixed system prompt is kept and reused by later requests.
 
 pub mod embedder;
+#[allow(unsafe_code)] // inventory's registration is a link-time constructor
+mod kernels;
 mod manifest;
 pub mod sampler;
 mod stream;
