@@ -30,6 +30,17 @@ mod x86_64 {
     inventory::submit! {
         MmmExtractor { target: Arch::X86_64, make: q40_to_f32_for_fma_kernels }
     }
+
+    fn q40_to_f32_for_avx512_kernels() -> PanelExtractor {
+        let mut extractor = tract_linalg::x86_64::panel_extract::packed_32_q40_to_f32.clone();
+        extractor.name = "edgellm_packed_32_q40_to_f32_a512".into();
+        extractor.to = f32::packing(32).align(512);
+        extractor
+    }
+
+    inventory::submit! {
+        MmmExtractor { target: Arch::X86_64, make: q40_to_f32_for_avx512_kernels }
+    }
 }
 
 #[cfg(all(test, target_arch = "x86_64"))]

@@ -488,7 +488,9 @@ fn build_plan(path: &Path, manifest: &ModelManifest) -> TractResult<(Arc<TypedRu
     let started = Instant::now();
     let model = tract_onnx::onnx().model_for_path(path)?;
     let parsed = started.elapsed();
-    let mut typed = model.into_typed()?.into_decluttered()?;
+    let mut typed = model.into_typed()?;
+    logits_for_last_position_only(&mut typed)?;
+    let mut typed = typed.into_decluttered()?;
     let decluttered = started.elapsed();
     let inputs_before = typed.inputs.len();
     if let Some(transform) = tract_onnx::tract_core::transform::get_transform("transformers_detect_all")? {
@@ -508,6 +510,30 @@ fn build_plan(path: &Path, manifest: &ModelManifest) -> TractResult<(Arc<TypedRu
         "model load phases"
     );
     Ok((plan, io, in_state))
+}
+
+/// Generation only ever reads the last position's logits, so the output is sliced to it and
+/// tract's decluttering pushes that slice up through the position-wise nodes before it: the
+/// output head (a fifth of a prompt's arithmetic for this model), the final norm, the last
+/// MLP. A prefill chunk then also needs one vocabulary-wide row of logits instead of 64.
+fn logits_for_last_position_only(model: &mut TypedModel) -> TractResult<()> {
+    let Some(slot) = model.outputs.iter().position(|o| model.outlet_label(*o) == Some("logits")) else {
+        return Ok(());
+    };
+    let logits = model.outputs[slot];
+    let shape = model.outlet_fact(logits)?.shape.clone();
+    if shape.rank() != 3 {
+        return Ok(());
+    }
+    let positions = shape[1].clone();
+    let last = model.wire_node(
+        "edgellm.logits_last_position",
+        tract_onnx::tract_core::ops::array::Slice::new(1, positions.clone() - 1, positions),
+        &[logits],
+    )?[0];
+    model.outputs[slot] = last;
+    model.set_outlet_label(last, "logits".to_string())?;
+    Ok(())
 }
 
 fn model_io(model: &TypedModel, manifest: &ModelManifest) -> TractResult<ModelIo> {
