@@ -10,11 +10,11 @@
 //! after the fixed system prompt is kept and reused by later requests.
 
 pub mod embedder;
-#[allow(unsafe_code)] // inventory's registration is a link-time constructor
-mod kernels;
 mod manifest;
 pub mod sampler;
 mod stream;
+#[allow(unsafe_code)] // inventory's registration is a link-time constructor
+mod tuning;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -498,7 +498,8 @@ fn build_plan(path: &Path, manifest: &ModelManifest) -> TractResult<(Arc<TypedRu
     }
     let in_state = typed.inputs.len() < inputs_before;
     let io = model_io(&typed, manifest)?;
-    let typed = typed.into_optimized()?;
+    let mut typed = typed.into_optimized()?;
+    let vectorized = tuning::vectorize_same_shape_binaries(&mut typed)?;
     let optimized = started.elapsed();
     // No executor in the plan: `forward` picks one per step.
     let plan = typed.into_runnable_with_options(&RunOptions::default())?;
@@ -507,6 +508,7 @@ fn build_plan(path: &Path, manifest: &ModelManifest) -> TractResult<(Arc<TypedRu
         declutter_ms = (decluttered - parsed).as_millis() as u64,
         optimize_ms = (optimized - decluttered).as_millis() as u64,
         plan_ms = (started.elapsed() - optimized).as_millis() as u64,
+        vectorized,
         "model load phases"
     );
     Ok((plan, io, in_state))
