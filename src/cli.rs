@@ -166,6 +166,7 @@ pub fn engine_options(config: &Config, model_dir: Option<&Path>) -> EngineOption
         context_tokens: config.model.context_tokens,
         reuse_prefix: config.model.reuse_prefix,
         prefill_chunk_tokens: config.model.prefill_chunk_tokens,
+        compiled_cache_dir: config.model.compiled_cache_dir(),
     }
 }
 

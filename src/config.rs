@@ -71,6 +71,30 @@ pub struct ModelConfig {
     pub reuse_prefix: bool,
     /// Prompt tokens run through the model per step; bounds the activation memory.
     pub prefill_chunk_tokens: usize,
+    /// Keep the decluttered model between starts (tract NNEF, about the model file's size):
+    /// later starts skip parsing the ONNX graph.
+    pub compiled_cache: bool,
+    /// Empty: $CACHE_DIRECTORY (systemd's CacheDirectory=), else $XDG_CACHE_HOME/edgellm,
+    /// else ~/.cache/edgellm.
+    pub compiled_cache_dir: PathBuf,
+}
+
+impl ModelConfig {
+    /// Where the compiled-model cache lives, `None` when it is off or no place is known.
+    pub fn compiled_cache_dir(&self) -> Option<PathBuf> {
+        if !self.compiled_cache {
+            return None;
+        }
+        if !self.compiled_cache_dir.as_os_str().is_empty() {
+            return Some(self.compiled_cache_dir.clone());
+        }
+        let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+        // systemd may pass several directories separated by ':'; the first is ours.
+        if let Some(dirs) = var("CACHE_DIRECTORY") {
+            return dirs.to_str().and_then(|d| d.split(':').next()).map(PathBuf::from);
+        }
+        var("XDG_CACHE_HOME").map(|d| d.join("edgellm")).or_else(|| var("HOME").map(|h| h.join(".cache/edgellm")))
+    }
 }
 
 impl Default for ModelConfig {
@@ -81,6 +105,8 @@ impl Default for ModelConfig {
             context_tokens: 2048,
             reuse_prefix: true,
             prefill_chunk_tokens: 64,
+            compiled_cache: true,
+            compiled_cache_dir: PathBuf::new(),
         }
     }
 }

@@ -6,7 +6,9 @@ mod common;
 use std::time::Instant;
 
 use edgellm::config::Config;
-use edgellm::engine::{EngineError, FinishReason, Flow, GenerateRequest, SamplingParams};
+use edgellm::engine::{
+    CacheOutcome, Engine, EngineError, EngineOptions, FinishReason, Flow, GenerateRequest, SamplingParams,
+};
 use edgellm::pipeline::{Pipeline, PipelineError, PromptInput};
 use serde::Deserialize;
 
@@ -40,14 +42,61 @@ fn request(ids: &[u32], max_new_tokens: usize, sampling: SamplingParams) -> Gene
 
 #[test]
 fn tract_greedy_tokens_equal_onnxruntime_golden_tokens() {
-    let golden: Golden =
-        serde_json::from_str(&std::fs::read_to_string(common::model_dir().join("golden.json")).unwrap()).unwrap();
+    let golden = golden();
     assert!(golden.cases.len() >= 3);
     let mut engine = common::shared_engine();
     for case in &golden.cases {
         let ids = engine.greedy_ids(&case.prompt_ids, case.greedy_ids.len()).unwrap();
         assert_eq!(ids, case.greedy_ids, "greedy tokens differ from onnxruntime for {:?}", case.question);
     }
+}
+
+fn golden() -> Golden {
+    serde_json::from_str(&std::fs::read_to_string(common::model_dir().join("golden.json")).unwrap()).unwrap()
+}
+
+/// The compiled-model cache: written by the first load, used by the second, and rebuilt when
+/// the archive on disk is damaged; every engine still produces onnxruntime's tokens.
+#[test]
+fn compiled_model_cache_is_written_reused_and_rebuilt_when_damaged() {
+    let cache = tempfile::tempdir().unwrap();
+    let load = || {
+        let mut options = EngineOptions::new(common::model_dir());
+        options.threads = 1;
+        options.compiled_cache_dir = Some(cache.path().to_path_buf());
+        Engine::load(options).unwrap()
+    };
+    let case = &golden().cases[0];
+    let check = |engine: &mut Engine| {
+        let ids = engine.greedy_ids(&case.prompt_ids, case.greedy_ids.len()).unwrap();
+        assert_eq!(ids, case.greedy_ids, "greedy tokens differ from onnxruntime");
+    };
+
+    let mut first = load();
+    assert_eq!(first.info().compiled_cache, CacheOutcome::Written);
+    check(&mut first);
+    drop(first);
+    let archives: Vec<_> = std::fs::read_dir(cache.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "tar"))
+        .collect();
+    assert_eq!(archives.len(), 1, "one archive, no temporary files left: {archives:?}");
+
+    let mut second = load();
+    assert_eq!(second.info().compiled_cache, CacheOutcome::Loaded);
+    check(&mut second);
+    drop(second);
+
+    // One byte flipped in the middle of the weights.
+    let mut bytes = std::fs::read(&archives[0]).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&archives[0], &bytes).unwrap();
+    let mut third = load();
+    assert_eq!(third.info().compiled_cache, CacheOutcome::Written, "a damaged archive is rebuilt");
+    check(&mut third);
+    assert_eq!(load().info().compiled_cache, CacheOutcome::Loaded);
 }
 
 #[test]

@@ -9,6 +9,7 @@
 //! way a [`DecodeState`] can be cloned cheaply (tensors are shared), which is how the state
 //! after the fixed system prompt is kept and reused by later requests.
 
+mod compiled_cache;
 pub mod embedder;
 mod manifest;
 pub mod sampler;
@@ -25,6 +26,7 @@ use serde::Serialize;
 use tokenizers::Tokenizer;
 use tract_onnx::prelude::*;
 
+pub use compiled_cache::CacheOutcome;
 pub use embedder::{Embedder, EmbedderInfo, EmbedderManifest};
 pub use manifest::{ModelDims, ModelManifest, SpecialTokens};
 pub use sampler::{SamplingParams, SeededRng};
@@ -64,6 +66,8 @@ pub struct EngineOptions {
     pub reuse_prefix: bool,
     /// Prompt tokens per forward pass: bounds logits and attention memory during prefill.
     pub prefill_chunk_tokens: usize,
+    /// Where the decluttered model is kept between starts (`None`: rebuilt from ONNX each time).
+    pub compiled_cache_dir: Option<PathBuf>,
 }
 
 impl EngineOptions {
@@ -74,6 +78,7 @@ impl EngineOptions {
             context_tokens: 2048,
             reuse_prefix: true,
             prefill_chunk_tokens: 64,
+            compiled_cache_dir: None,
         }
     }
 }
@@ -88,6 +93,7 @@ pub struct ModelInfo {
     pub file_bytes: u64,
     pub load_ms: u64,
     pub kv_cache: &'static str,
+    pub compiled_cache: CacheOutcome,
     pub threads: usize,
     pub context_tokens: usize,
 }
@@ -200,8 +206,9 @@ impl Engine {
         let sha = checked_sha256(&model_path, manifest.model_sha256.as_deref())?;
         tracing::debug!(sha256_ms = hashing.elapsed().as_millis() as u64, "model file checked");
 
-        let (plan, io, in_state) = build_plan(&model_path, &manifest)
-            .map_err(|e| EngineError::Model(format!("{}: {e:#}", model_path.display())))?;
+        let (plan, io, compiled_cache) =
+            build_plan(&model_path, &sha, &manifest, options.compiled_cache_dir.as_deref())
+                .map_err(|e| EngineError::Model(format!("{}: {e:#}", model_path.display())))?;
         let info = ModelInfo {
             id: manifest.id.clone(),
             quantization: manifest.quantization.clone(),
@@ -209,7 +216,8 @@ impl Engine {
             parameters: manifest.parameters,
             file_bytes,
             load_ms: started.elapsed().as_millis() as u64,
-            kv_cache: if in_state { "in_state" } else { "explicit" },
+            kv_cache: if io.past.is_empty() { "in_state" } else { "explicit" },
+            compiled_cache,
             threads: options.threads,
             context_tokens: options.context_tokens,
         };
@@ -484,34 +492,47 @@ fn parallel_min_tokens() -> usize {
     std::env::var("EDGELLM_PARALLEL_MIN_TOKENS").ok().and_then(|v| v.parse().ok()).unwrap_or(2)
 }
 
-fn build_plan(path: &Path, manifest: &ModelManifest) -> TractResult<(Arc<TypedRunnableModel>, ModelIo, bool)> {
+fn build_plan(
+    path: &Path,
+    sha256: &str,
+    manifest: &ModelManifest,
+    cache_dir: Option<&Path>,
+) -> TractResult<(Arc<TypedRunnableModel>, ModelIo, CacheOutcome)> {
     let started = Instant::now();
-    let model = tract_onnx::onnx().model_for_path(path)?;
-    let parsed = started.elapsed();
-    let mut typed = model.into_typed()?;
-    logits_for_last_position_only(&mut typed)?;
-    let mut typed = typed.into_decluttered()?;
+    let (mut typed, cache) = match cache_dir {
+        Some(dir) => compiled_cache::load_or_build(dir, sha256, || decluttered_from_onnx(path))?,
+        None => (decluttered_from_onnx(path)?, CacheOutcome::Off),
+    };
     let decluttered = started.elapsed();
-    let inputs_before = typed.inputs.len();
-    if let Some(transform) = tract_onnx::tract_core::transform::get_transform("transformers_detect_all")? {
-        transform.transform(&mut typed)?;
-    }
-    let in_state = typed.inputs.len() < inputs_before;
     let io = model_io(&typed, manifest)?;
-    let mut typed = typed.into_optimized()?;
+    typed.optimize()?;
     let vectorized = tuning::vectorize_same_shape_binaries(&mut typed)?;
     let optimized = started.elapsed();
     // No executor in the plan: `forward` picks one per step.
     let plan = typed.into_runnable_with_options(&RunOptions::default())?;
     tracing::debug!(
-        parse_ms = parsed.as_millis() as u64,
-        declutter_ms = (decluttered - parsed).as_millis() as u64,
+        ?cache,
+        decluttered_ms = decluttered.as_millis() as u64,
         optimize_ms = (optimized - decluttered).as_millis() as u64,
         plan_ms = (started.elapsed() - optimized).as_millis() as u64,
         vectorized,
         "model load phases"
     );
-    Ok((plan, io, in_state))
+    Ok((plan, io, cache))
+}
+
+/// The ONNX graph parsed, typed, simplified, with the KV cache moved into the model state
+/// where tract-transformers recognises it: the slow part of a start without the cache.
+fn decluttered_from_onnx(path: &Path) -> TractResult<TypedModel> {
+    let model = tract_onnx::onnx().model_for_path(path)?;
+    let mut typed = model.into_typed()?;
+    logits_for_last_position_only(&mut typed)?;
+    let mut typed = typed.into_decluttered()?;
+    if let Some(transform) = tract_onnx::tract_core::transform::get_transform("transformers_detect_all")? {
+        transform.transform(&mut typed)?;
+    }
+    typed.declutter()?;
+    Ok(typed)
 }
 
 /// Generation only ever reads the last position's logits, so the output is sliced to it and
