@@ -57,6 +57,7 @@ def main():
          "--decode-tokens", str(args.decode_tokens)]))
     prompt = ours["prompt_ids"]
     print(f"model {ours['model']} ({ours['quantization']}), prompt {len(prompt)} tokens, decode {args.decode_tokens} tokens")
+    print("edgellm load: " + ", ".join(f"{r['threads']} thread(s) {r['load_ms']:.0f} ms (compiled-model cache {r['compiled_cache']})" for r in ours["rows"]))
     cols = ["load_ms", "prefill_tokens_per_s", "time_to_first_token_ms", "decode_tokens_per_s", "rss_mib"]
     print(f"{'runtime':<12}{'threads':>8}" + "".join(f"{c:>24}" for c in cols))
     ratios = []

@@ -248,6 +248,8 @@ and what should I do about pests without using strong chemicals?";
 pub struct BenchRow {
     pub threads: usize,
     pub load_ms: f64,
+    /// Whether the load read the compiled-model cache or built (and wrote) it.
+    pub compiled_cache: crate::engine::CacheOutcome,
     pub prompt_tokens: usize,
     pub prefill_ms: f64,
     pub prefill_tokens_per_s: f64,
@@ -323,6 +325,7 @@ pub fn bench(
         rows.push(BenchRow {
             threads: n,
             load_ms,
+            compiled_cache: engine.info().compiled_cache,
             prompt_tokens: g.prompt_tokens,
             prefill_ms: t.prefill_ms,
             prefill_tokens_per_s: g.prompt_tokens as f64 / (t.prefill_ms / 1e3),
@@ -352,7 +355,7 @@ pub fn bench(
 pub fn print_bench_table(report: &BenchReport) {
     println!("model {} ({}), KV cache {}", report.model, report.quantization, report.kv_cache);
     println!(
-        "{:>7} {:>9} {:>7} {:>11} {:>10} {:>11} {:>10} {:>8} {:>22}",
+        "{:>7} {:>9} {:>7} {:>11} {:>10} {:>11} {:>10} {:>8} {:>22} {:>12}",
         "threads",
         "load ms",
         "prompt",
@@ -361,11 +364,12 @@ pub fn print_bench_table(report: &BenchReport) {
         "decode t/s",
         "decoded",
         "RSS MiB",
-        "question TTFT cold/cached"
+        "question TTFT cold/cached",
+        "model cache"
     );
     for r in &report.rows {
         println!(
-            "{:>7} {:>9.0} {:>7} {:>11.1} {:>10.1} {:>11.1} {:>10} {:>8.1} {:>12.1} / {:>7.1}",
+            "{:>7} {:>9.0} {:>7} {:>11.1} {:>10.1} {:>11.1} {:>10} {:>8.1} {:>12.1} / {:>7.1} {:>12}",
             r.threads,
             r.load_ms,
             r.prompt_tokens,
@@ -375,7 +379,11 @@ pub fn print_bench_table(report: &BenchReport) {
             r.decode_tokens,
             r.rss_mib,
             r.question_ttft_cold_ms,
-            r.question_ttft_cached_ms
+            r.question_ttft_cached_ms,
+            serde_json::to_value(r.compiled_cache)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default()
         );
     }
     if let Some(r) = report.rows.first() {
