@@ -1,5 +1,6 @@
-//! Two gaps in tract 0.23.9's CPU code generation, worked around here until tract closes them.
-//! Each is measured by `edgellm bench` (see the README's performance section).
+//! Two gaps in tract 0.23.9's CPU code generation, worked around here until tract closes them
+//! (the upstream fixes are in `patches/tract-0.23.9/`). Each is measured by `edgellm bench`
+//! (see the README's performance section).
 //!
 //! 1. **4-bit prefill on x86_64.** tract keeps a Q4_0 weight packed for its 32x1
 //!    matrix-vector kernel and ships a panel extractor that unpacks such a panel to f32 for the
