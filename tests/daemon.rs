@@ -1,5 +1,6 @@
 //! The daemon binary end to end: the Unix socket protocol, the bounded queue, cancellation,
-//! hostile input, MQTT (both reply styles, broker restart), SIGTERM drain and SIGHUP reload.
+//! hostile input, MQTT (both reply styles, broker restart, broker crash mid-answer), SIGTERM
+//! drain and SIGHUP reload.
 
 mod common;
 
@@ -270,6 +271,92 @@ fn mqtt_prompt_sent_while_daemon_reconnects_after_broker_restart_is_answered() {
     client.send(r#"{"op":"health"}"#);
     let health = client.next_event().unwrap();
     assert!(health["health"]["mqtt"]["reconnects"].as_u64().unwrap() >= 1, "{health}");
+}
+
+/// The broker crashes while an answer is being streamed over MQTT: the daemon reconnects, the
+/// pieces published while it was away may be lost (and are counted), but the final answer
+/// arrives, once, with the whole text, and the daemon keeps serving.
+#[test]
+fn mqtt_answer_streamed_while_the_broker_crashes_and_restarts_still_ends_with_one_final_reply() {
+    use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+    let mut broker = Broker::start();
+    let daemon = Daemon::start(&mqtt_config(&broker, ""));
+    wait_mqtt_ready(&broker);
+    // A persistent session, so the broker keeps the subscription across its own restart.
+    let mut options = MqttOptions::new("mid-stream-listener", "127.0.0.1", broker.port);
+    options.set_clean_session(false);
+    options.set_keep_alive(Duration::from_secs(5));
+    let (client, mut connection) = Client::new(options, 64);
+    client.subscribe("edgellm/dev1/reply/mid", QoS::AtLeastOnce).unwrap();
+    let prompt = json!({"id": "mid", "prompt": "Count from 1 to 300, one number per line.", "stream": true,
+                        "max_tokens": 300, "temperature": 0.0});
+    let (mut published, mut crashed_after, mut done) = (false, None::<String>, None::<serde_json::Value>);
+    let mut pieces_after_restart = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    for notification in connection.iter() {
+        assert!(std::time::Instant::now() < deadline, "no final reply; log:\n{}", daemon.log_text());
+        match notification {
+            Ok(Event::Incoming(Packet::SubAck(_))) if !published => {
+                client.publish("edgellm/dev1/prompt", QoS::AtLeastOnce, false, prompt.to_string()).unwrap();
+                published = true;
+            }
+            // A crash can lose the session (it is saved once a second): subscribe again, as
+            // any client must.
+            Ok(Event::Incoming(Packet::ConnAck(ack))) if published && !ack.session_present => {
+                client.subscribe("edgellm/dev1/reply/mid", QoS::AtLeastOnce).unwrap();
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                let event: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
+                if event["event"] != "token" {
+                    done = Some(event);
+                    break;
+                } else if crashed_after.is_none() {
+                    // Streaming has begun; let the broker save the listener's session, then crash it.
+                    std::thread::sleep(Duration::from_millis(1500));
+                    broker.crash_and_restart();
+                    crashed_after = Some(event["text"].as_str().unwrap().to_string());
+                } else {
+                    pieces_after_restart += 1;
+                }
+            }
+            Ok(_) => {}
+            // The broker is away: rumqttc reconnects on the next poll.
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+    let done = done.unwrap();
+    // QoS 1 is at-least-once: a redelivered final is the same message, never a second answer.
+    let until = std::time::Instant::now() + Duration::from_secs(2);
+    while let Some(left) = until.checked_duration_since(std::time::Instant::now()) {
+        match connection.recv_timeout(left) {
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                let event: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
+                assert!(event["event"] == "token" || event == done, "a second final reply: {event} after {done}");
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    let first_piece = crashed_after.expect("the answer was streaming when the broker crashed");
+    assert_eq!(done["event"], "done", "{done}");
+    assert!(done["usage"]["completion_tokens"].as_u64().unwrap() > 10, "{done}");
+    assert!(done["text"].as_str().unwrap().starts_with(first_piece.trim_end()), "{done} vs {first_piece:?}");
+    eprintln!("pieces received after the restart: {pieces_after_restart}");
+
+    // The daemon counted the reconnection and still serves.
+    let mut socket = daemon.client();
+    socket.send(r#"{"op":"health"}"#);
+    let health = socket.next_event().unwrap();
+    assert!(health["health"]["mqtt"]["reconnects"].as_u64().unwrap() >= 1, "{health}");
+    let again = socket.ask(json!({"id": "after", "prompt": "Say hi.", "max_tokens": 4}));
+    assert_eq!(again["event"], "done", "{again}");
+    // Over MQTT too: the daemon subscribed again after the crash.
+    let events = mqtt_exchange(
+        broker.port,
+        "edgellm/dev1/reply/after-crash",
+        r#"{"id":"after-crash","prompt":"Say hi.","max_tokens":4}"#,
+    );
+    assert_eq!(events.last().unwrap()["event"], "done", "{events:?}");
 }
 
 #[test]

@@ -122,6 +122,16 @@ impl Broker {
         self.stop();
         self.spawn();
     }
+
+    /// SIGKILL, then a fresh start on the same port: what a crash does. Sessions are kept as of
+    /// the last autosave (every second).
+    pub fn crash_and_restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.spawn();
+    }
 }
 
 impl Drop for Broker {
