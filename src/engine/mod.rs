@@ -507,6 +507,7 @@ fn build_plan(
     let io = model_io(&typed, manifest)?;
     typed.optimize()?;
     let vectorized = tuning::vectorize_same_shape_binaries(&mut typed)?;
+    let fused_ropes = tuning::fuse_rotary_embeddings(&mut typed)?;
     let optimized = started.elapsed();
     // No executor in the plan: `forward` picks one per step.
     let plan = typed.into_runnable_with_options(&RunOptions::default())?;
@@ -516,6 +517,7 @@ fn build_plan(
         optimize_ms = (optimized - decluttered).as_millis() as u64,
         plan_ms = (started.elapsed() - optimized).as_millis() as u64,
         vectorized,
+        fused_ropes,
         "model load phases"
     );
     Ok((plan, io, cache))
