@@ -262,7 +262,8 @@ mod tests {
         let ours = FusedRope.eval(&ctx, inputs.clone())?.remove(0);
         let theirs = ApplyRope.eval(&ctx, inputs)?.remove(0);
         assert_eq!(ours.shape(), theirs.shape());
-        let flat = |t: &TValue| -> TractResult<Vec<f32>> { Ok(t.to_plain_array_view::<f32>()?.iter().copied().collect()) };
+        let flat =
+            |t: &TValue| -> TractResult<Vec<f32>> { Ok(t.to_plain_array_view::<f32>()?.iter().copied().collect()) };
         for (a, b) in flat(&ours)?.iter().zip(flat(&theirs)?) {
             assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "{a} vs {b}");
         }
