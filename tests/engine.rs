@@ -55,8 +55,9 @@ fn golden() -> Golden {
     serde_json::from_str(&std::fs::read_to_string(common::model_dir().join("golden.json")).unwrap()).unwrap()
 }
 
-/// The compiled-model cache: written by the first load, used by the second, and rebuilt when
-/// the archive on disk is damaged; every engine still produces onnxruntime's tokens.
+/// The compiled-model cache: written by the first load, used by the second, rebuilt when the
+/// archive on disk is damaged or was written by another build; every engine still produces
+/// onnxruntime's tokens.
 #[test]
 fn compiled_model_cache_is_written_reused_and_rebuilt_when_damaged() {
     let cache = tempfile::tempdir().unwrap();
@@ -96,7 +97,17 @@ fn compiled_model_cache_is_written_reused_and_rebuilt_when_damaged() {
     let mut third = load();
     assert_eq!(third.info().compiled_cache, CacheOutcome::Written, "a damaged archive is rebuilt");
     check(&mut third);
+    drop(third);
+
+    // Written by another build (an upgrade, or a rebuilt binary): replaced, not trusted.
+    let record = archives[0].with_extension("json");
+    let mut sidecar: serde_json::Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    sidecar["build"] = "edgellm 0.0.1, another executable".into();
+    std::fs::write(&record, serde_json::to_vec(&sidecar).unwrap()).unwrap();
+    assert_eq!(load().info().compiled_cache, CacheOutcome::Written, "an archive of another build is replaced");
     assert_eq!(load().info().compiled_cache, CacheOutcome::Loaded);
+    let files = std::fs::read_dir(cache.path()).unwrap().count();
+    assert_eq!(files, 2, "one archive and its record");
 }
 
 #[test]

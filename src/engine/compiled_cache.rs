@@ -1,10 +1,12 @@
 //! The decluttered model, kept as a tract NNEF archive so that later starts skip parsing and
 //! simplifying the ONNX graph (about 1.8 s of a 3.4 s load here; see the README).
 //!
-//! An archive is keyed by the model file's sha256 and this build's version (which pins tract),
-//! and a sidecar records the archive's own sha256: a stale, truncated or altered archive is
-//! rebuilt from the ONNX file, never trusted. Writes go to a temporary file renamed into place,
-//! so concurrent starts and a crash mid-write leave no half-written archive behind.
+//! There is one archive per model (named by the model file's sha256). Its sidecar records the
+//! build that wrote it (this edgellm version and the executable's size and modification time:
+//! a rebuilt binary may declutter differently under the same version) and the archive's own
+//! sha256. An archive from another build is replaced; a truncated or altered one is rebuilt
+//! from the ONNX file, never trusted. Writes go to a temporary file renamed into place, so
+//! concurrent starts and a crash mid-write leave no half-written archive behind.
 
 use std::path::{Path, PathBuf};
 
@@ -31,8 +33,24 @@ pub enum CacheOutcome {
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 struct Sidecar {
     model_sha256: String,
-    edgellm_version: String,
+    build: String,
     archive_sha256: String,
+}
+
+/// This edgellm version and this very executable.
+fn build_id() -> String {
+    let version = env!("CARGO_PKG_VERSION");
+    match std::env::current_exe().and_then(|exe| exe.metadata()) {
+        Ok(meta) => {
+            let modified = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos());
+            format!("edgellm {version}, executable of {} bytes modified at {modified} ns", meta.len())
+        }
+        Err(_) => format!("edgellm {version}"),
+    }
 }
 
 fn nnef() -> tract_nnef::framework::Nnef {
@@ -40,7 +58,7 @@ fn nnef() -> tract_nnef::framework::Nnef {
 }
 
 fn archive_path(dir: &Path, model_sha256: &str) -> PathBuf {
-    dir.join(format!("model-{}-edgellm{}.nnef.tar", &model_sha256[..16], env!("CARGO_PKG_VERSION")))
+    dir.join(format!("model-{}.nnef.tar", &model_sha256[..16]))
 }
 
 fn sidecar_path(archive: &Path) -> PathBuf {
@@ -81,10 +99,10 @@ fn load(archive: &Path, model_sha256: &str) -> TractResult<Option<TypedModel>> {
         Err(e) => return Err(e.into()),
     };
     let sidecar: Sidecar = serde_json::from_slice(&sidecar)?;
-    anyhow::ensure!(
-        sidecar.model_sha256 == model_sha256 && sidecar.edgellm_version == env!("CARGO_PKG_VERSION"),
-        "made for another model or build"
-    );
+    if sidecar.model_sha256 != model_sha256 || sidecar.build != build_id() {
+        tracing::info!(path = %archive.display(), "compiled model cache made by another build or model, replacing it");
+        return Ok(None);
+    }
     let actual = super::sha256_file(archive)?;
     anyhow::ensure!(actual == sidecar.archive_sha256, "archive sha256 {actual} differs from its record");
     let model = nnef().model_for_path(archive)?;
@@ -102,7 +120,7 @@ fn store(archive: &Path, model_sha256: &str, model: &TypedModel) -> TractResult<
         file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         let sidecar = Sidecar {
             model_sha256: model_sha256.to_string(),
-            edgellm_version: env!("CARGO_PKG_VERSION").to_string(),
+            build: build_id(),
             archive_sha256: super::sha256_file(&tmp)?,
         };
         // The archive first, then its record: a reader finds no record, a stale one (and
