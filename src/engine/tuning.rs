@@ -1,5 +1,5 @@
-//! Two gaps in tract 0.23.9's CPU code generation, worked around here until tract closes them
-//! (the upstream fixes are in `patches/tract-0.23.9/`). Each is measured by `edgellm bench`
+//! Three gaps in tract 0.23.9's CPU code generation, worked around here until tract closes them
+//! (the upstream fixes for the first two are in `patches/tract-0.23.9/`). Each is measured by `edgellm bench`
 //! (see the README's performance section).
 //!
 //! 1. **4-bit prefill on x86_64.** tract keeps a Q4_0 weight packed for its 32x1
@@ -77,7 +77,7 @@ impl TypedOp for FusedRope {
 
 /// `None` when the inputs are not f32 of a broadcastable shape with an even last axis.
 fn rope_f32(inputs: &[TValue]) -> TractResult<Option<Tensor>> {
-    use tract_ndarray::{Axis, Zip};
+    use tract_ndarray::Axis;
     let [x, cos, sin] = inputs else { return Ok(None) };
     if [x, cos, sin].iter().any(|t| t.datum_type() != f32::datum_type()) || x.rank() == 0 {
         return Ok(None);
@@ -86,32 +86,39 @@ fn rope_f32(inputs: &[TValue]) -> TractResult<Option<Tensor>> {
     let (cos, sin) = (cos.to_plain_array_view::<f32>()?, sin.to_plain_array_view::<f32>()?);
     let (Some(cos), Some(sin)) = (cos.broadcast(x.shape()), sin.broadcast(x.shape())) else { return Ok(None) };
     let last = Axis(x.ndim() - 1);
-    let half = x.len_of(last) / 2;
-    if x.len_of(last) % 2 != 0 {
+    let width = x.len_of(last);
+    if width == 0 || width % 2 != 0 {
         return Ok(None);
     }
-    let mut out = tract_ndarray::ArrayD::<f32>::zeros(x.shape());
-    Zip::from(out.lanes_mut(last)).and(x.lanes(last)).and(cos.lanes(last)).and(sin.lanes(last)).for_each(
-        |mut o, x, c, s| match (o.as_slice_mut(), x.as_slice(), c.as_slice(), s.as_slice()) {
-            (Some(o), Some(x), Some(c), Some(s)) => {
-                let (o_lo, o_hi) = o.split_at_mut(half);
-                let (x_lo, x_hi) = x.split_at(half);
-                let (c_lo, c_hi) = c.split_at(half);
-                let (s_lo, s_hi) = s.split_at(half);
-                for i in 0..half {
-                    o_lo[i] = x_lo[i] * c_lo[i] - x_hi[i] * s_lo[i];
-                    o_hi[i] = x_hi[i] * c_hi[i] + x_lo[i] * s_hi[i];
-                }
-            }
-            _ => {
-                for i in 0..half {
-                    o[i] = x[i] * c[i] - x[i + half] * s[i];
-                    o[i + half] = x[i + half] * c[i + half] + x[i] * s[i + half];
-                }
-            }
-        },
-    );
-    Ok(Some(out.into_tensor()))
+    // `out` is filled row by row in `x`'s logical order, the order `lanes` walks.
+    let mut out = vec![0f32; x.len()];
+    let rows = x.lanes(last).into_iter().zip(cos.lanes(last)).zip(sin.lanes(last));
+    for (o, ((x, c), s)) in out.chunks_exact_mut(width).zip(rows) {
+        rope_row(o, &contiguous(x), &contiguous(c), &contiguous(s));
+    }
+    Ok(Some(tract_ndarray::ArrayD::from_shape_vec(x.shape(), out)?.into_tensor()))
+}
+
+/// A row as a slice: borrowed when contiguous (rows of `x`), else copied once (a broadcast
+/// `cos`/`sin` row may not be).
+fn contiguous<'a>(row: tract_ndarray::ArrayView1<'a, f32>) -> std::borrow::Cow<'a, [f32]> {
+    match row.to_slice() {
+        Some(slice) => slice.into(),
+        None => row.to_vec().into(),
+    }
+}
+
+/// One row: `out = x * cos + rotate_half(x) * sin`, `rotate_half(x) = [-x_hi, x_lo]`.
+fn rope_row(out: &mut [f32], x: &[f32], cos: &[f32], sin: &[f32]) {
+    let half = out.len() / 2;
+    let (out_lo, out_hi) = out.split_at_mut(half);
+    let (x_lo, x_hi) = x.split_at(half);
+    let (cos_lo, cos_hi) = cos.split_at(half);
+    let (sin_lo, sin_hi) = sin.split_at(half);
+    for i in 0..half {
+        out_lo[i] = x_lo[i] * cos_lo[i] - x_hi[i] * sin_lo[i];
+        out_hi[i] = x_hi[i] * cos_hi[i] + x_lo[i] * sin_hi[i];
+    }
 }
 
 /// Replaces same-shape float binary nodes of an optimised model by [`SameShapeBinary`];
