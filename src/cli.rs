@@ -55,6 +55,9 @@ pub enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Also time every tract operator over a prefill and 32 decode steps.
+        #[arg(long)]
+        profile: bool,
     },
     /// Validate a config file and print the effective config and its memory budget.
     CheckConfig {
@@ -263,6 +266,9 @@ pub struct BenchRow {
     pub question_new_tokens: usize,
     pub system_prefix_tokens: usize,
     pub rss_mib: f64,
+    /// Per-operator times (with `--profile`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<Vec<crate::engine::PhaseProfile>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -281,6 +287,7 @@ pub fn bench(
     model_dir: Option<&Path>,
     threads: &[usize],
     decode_tokens: usize,
+    profile: bool,
 ) -> anyhow::Result<BenchReport> {
     let mut rows = Vec::new();
     let mut meta = (String::new(), String::new(), String::new());
@@ -337,6 +344,7 @@ pub fn bench(
             question_new_tokens: question.ids.len() - question.shared_prefix_len,
             system_prefix_tokens: question.shared_prefix_len,
             rss_mib: crate::cli::rss_mib().0,
+            profile: if profile { Some(engine.profile(&prepared.ids, PROFILED_DECODE_STEPS)?) } else { None },
         });
         prompt_ids = prepared.ids.clone();
         let info = engine.info();
@@ -351,6 +359,9 @@ pub fn bench(
         peak_rss_mib: rss_mib().1,
     })
 }
+
+/// Enough single-token steps for stable per-operator figures, few enough to stay quick.
+const PROFILED_DECODE_STEPS: usize = 32;
 
 pub fn print_bench_table(report: &BenchReport) {
     println!("model {} ({}), KV cache {}", report.model, report.quantization, report.kv_cache);
@@ -393,6 +404,28 @@ pub fn print_bench_table(report: &BenchReport) {
         );
     }
     println!("peak RSS {:.1} MiB", report.peak_rss_mib);
+    for r in &report.rows {
+        for phase in r.profile.iter().flatten() {
+            println!(
+                "\nprofile, {} thread(s), {}: {} step(s), {} token(s), {:.1} ms ({:.2} ms per step)",
+                r.threads,
+                phase.phase,
+                phase.steps,
+                phase.tokens,
+                phase.ms,
+                phase.ms / phase.steps.max(1) as f64
+            );
+            let share = |ms: f64| 100.0 * ms / phase.ms.max(1e-9);
+            for (heading, costs) in [("operator", &phase.ops), ("node (layers folded)", &phase.nodes)] {
+                println!("{heading:<48} {:>8} {:>10} {:>7}", "calls", "ms", "share");
+                for cost in costs.iter().take(15) {
+                    println!("{:<48} {:>8} {:>10.2} {:>6.1}%", cost.op, cost.calls, cost.ms, share(cost.ms));
+                }
+            }
+            let between = phase.ms - phase.ops.iter().map(|o| o.ms).sum::<f64>();
+            println!("{:<48} {:>8} {:>10.2} {:>6.1}%", "(between nodes)", "", between, share(between));
+        }
+    }
 }
 
 /// (current, peak) resident set size of this process in MiB, from /proc.

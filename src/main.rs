@@ -56,9 +56,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let mut engine = Engine::load(cli::engine_options(&config, model_dir.as_deref())).map_err(model_load)?;
             cli::generate(&config, &mut engine, &prompt, max_tokens, temperature, seed, stats).map_err(runtime_err)
         }
-        Command::Bench { config, model_dir, threads, decode_tokens, json } => {
+        Command::Bench { config, model_dir, threads, decode_tokens, json, profile } => {
             let config = cli::load_config(config.as_deref()).map_err(bad_config)?;
-            let report = cli::bench(&config, model_dir.as_deref(), &threads, decode_tokens).map_err(model_load)?;
+            let report =
+                cli::bench(&config, model_dir.as_deref(), &threads, decode_tokens, profile).map_err(model_load)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report).map_err(runtime_err)?);
             } else {

@@ -12,6 +12,7 @@
 mod compiled_cache;
 pub mod embedder;
 mod manifest;
+mod profile;
 pub mod sampler;
 mod stream;
 #[allow(unsafe_code)] // inventory's registration is a link-time constructor
@@ -29,6 +30,7 @@ use tract_onnx::prelude::*;
 pub use compiled_cache::CacheOutcome;
 pub use embedder::{Embedder, EmbedderInfo, EmbedderManifest};
 pub use manifest::{ModelDims, ModelManifest, SpecialTokens};
+pub use profile::{OpCost, PhaseProfile};
 pub use sampler::{SamplingParams, SeededRng};
 pub use stream::TextStream;
 
@@ -284,6 +286,27 @@ impl Engine {
     /// Runs `ids` through the model after what `seq` already holds; returns the logits of the
     /// last position.
     fn forward(&self, seq: &mut DecodeState, ids: &[u32], logits_out: &mut Vec<f32>) -> Result<(), EngineError> {
+        self.forward_with(seq, ids, logits_out, tract_onnx::tract_core::plan::eval)
+    }
+
+    /// [`Engine::forward`] with tract's per-node evaluation supplied by the caller (the
+    /// profiler wraps it in a timer).
+    fn forward_with<Eval, E>(
+        &self,
+        seq: &mut DecodeState,
+        ids: &[u32],
+        logits_out: &mut Vec<f32>,
+        eval: Eval,
+    ) -> Result<(), EngineError>
+    where
+        Eval: for<'a, 'b, 'c> FnMut(
+            &'a tract_onnx::tract_core::internal::EvalContext<'a>,
+            Option<&'b mut (dyn tract_onnx::tract_core::internal::OpState + 'static)>,
+            &'c TypedNode,
+            TVec<TValue>,
+        ) -> Result<TVec<TValue>, E>,
+        E: Into<anyhow::Error> + Send + Sync + 'static,
+    {
         let past_len = seq.tokens.len();
         let n = ids.len();
         let mut inputs: Vec<Option<TValue>> = vec![None; self.io.n_inputs];
@@ -307,9 +330,11 @@ impl Engine {
             .collect::<Result<_, _>>()?;
         let mut outputs = match &self.executor {
             Some(pool) if n >= parallel_min_tokens() => {
-                tract_linalg::multithread::multithread_tract_scope(pool.clone(), || seq.state.run(inputs))
+                tract_linalg::multithread::multithread_tract_scope(pool.clone(), || {
+                    seq.state.run_plan_with_eval(inputs, eval)
+                })
             }
-            _ => seq.state.run(inputs),
+            _ => seq.state.run_plan_with_eval(inputs, eval),
         }
         .map_err(EngineError::inference)?;
         for &out in &self.io.present {
