@@ -110,6 +110,44 @@ fn compiled_model_cache_is_written_reused_and_rebuilt_when_damaged() {
     assert_eq!(files, 2, "one archive and its record");
 }
 
+/// The model is built while its checksum is computed; a file that parses but is not the one
+/// its manifest names is refused, and what was built from it is not kept for later starts.
+#[test]
+fn altered_model_file_is_refused_and_leaves_no_compiled_cache() {
+    let model = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(common::model_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, model.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    // One byte in the middle of the weights changed: still a valid ONNX file (checked below),
+    // with different weights.
+    let onnx = model.path().join("model.onnx");
+    let mut bytes = std::fs::read(&onnx).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x11;
+    std::fs::write(&onnx, &bytes).unwrap();
+
+    let cache = tempfile::tempdir().unwrap();
+    let mut options = EngineOptions::new(model.path());
+    options.threads = 1;
+    options.compiled_cache_dir = Some(cache.path().to_path_buf());
+    let error = Engine::load(options).err().expect("an altered model must be refused").to_string();
+    assert!(error.contains("does not match its manifest"), "{error}");
+    let left: Vec<_> = std::fs::read_dir(cache.path()).unwrap().map(|e| e.unwrap().path()).collect();
+    assert!(left.is_empty(), "nothing built from the altered file is kept: {left:?}");
+
+    // Without a checksum in its manifest the same file loads: the refusal above was the check's.
+    let manifest_path = model.path().join("manifest.json");
+    let mut manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    manifest.as_object_mut().unwrap().remove("model_sha256");
+    std::fs::write(&manifest_path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+    let mut options = EngineOptions::new(model.path());
+    options.threads = 1;
+    assert!(Engine::load(options).is_ok(), "the altered file is still a loadable model");
+}
+
 #[test]
 fn capital_of_france_is_paris() {
     let mut engine = common::shared_engine();

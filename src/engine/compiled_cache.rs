@@ -91,6 +91,18 @@ pub fn load_or_build(
     Ok((model, outcome))
 }
 
+/// Removes the archive kept for `model_sha256`, if any.
+pub fn discard(dir: &Path, model_sha256: &str) {
+    let archive = archive_path(dir, &model_sha256.to_ascii_lowercase());
+    for path in [sidecar_path(&archive), archive] {
+        if let Err(e) = std::fs::remove_file(&path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove the compiled model cache");
+        }
+    }
+}
+
 /// `Ok(None)` when there is no archive yet; an error when one is there but unusable.
 fn load(archive: &Path, model_sha256: &str) -> TractResult<Option<TypedModel>> {
     let sidecar = match std::fs::read(sidecar_path(archive)) {
@@ -103,10 +115,16 @@ fn load(archive: &Path, model_sha256: &str) -> TractResult<Option<TypedModel>> {
         tracing::info!(path = %archive.display(), "compiled model cache made by another build or model, replacing it");
         return Ok(None);
     }
-    let actual = super::sha256_file(archive)?;
+    // The archive is hashed on a second thread while tract parses it: the parse is only kept
+    // when the hash matches, and start-up does not pay for the two one after the other.
+    let (actual, model) = std::thread::scope(|scope| {
+        let hashing = scope.spawn(|| super::sha256_file(archive));
+        let model = nnef().model_for_path(archive);
+        (hashing.join(), model)
+    });
+    let actual = actual.map_err(|_| anyhow::anyhow!("hashing the archive panicked"))??;
     anyhow::ensure!(actual == sidecar.archive_sha256, "archive sha256 {actual} differs from its record");
-    let model = nnef().model_for_path(archive)?;
-    Ok(Some(model))
+    Ok(Some(model?))
 }
 
 fn store(archive: &Path, model_sha256: &str, model: &TypedModel) -> TractResult<()> {

@@ -204,13 +204,37 @@ impl Engine {
             .len();
         let tokenizer = Tokenizer::from_file(manifest.tokenizer_path(dir))
             .map_err(|e| EngineError::Tokenizer(format!("{}: {e}", manifest.tokenizer_path(dir).display())))?;
-        let hashing = Instant::now();
-        let sha = checked_sha256(&model_path, manifest.model_sha256.as_deref())?;
-        tracing::debug!(sha256_ms = hashing.elapsed().as_millis() as u64, "model file checked");
-
-        let (plan, io, compiled_cache) =
-            build_plan(&model_path, &sha, &manifest, options.compiled_cache_dir.as_deref())
-                .map_err(|e| EngineError::Model(format!("{}: {e:#}", model_path.display())))?;
+        let build = |sha: &str| {
+            build_plan(&model_path, sha, &manifest, options.compiled_cache_dir.as_deref())
+                .map_err(|e| EngineError::Model(format!("{}: {e:#}", model_path.display())))
+        };
+        let check = || {
+            let hashing = Instant::now();
+            let sha = checked_sha256(&model_path, manifest.model_sha256.as_deref());
+            tracing::debug!(sha256_ms = hashing.elapsed().as_millis() as u64, "model file checked");
+            sha
+        };
+        // With a checksum in the manifest, the model is built on its word while a second thread
+        // checks the file, and nothing built is used unless the file matches.
+        let (sha, (plan, io, compiled_cache)) = match manifest.model_sha256.as_deref() {
+            Some(expected) => std::thread::scope(|scope| {
+                let checking = scope.spawn(check);
+                let built = build(&expected.to_ascii_lowercase());
+                let sha = checking.join().map_err(|_| EngineError::Model("hashing the model panicked".into()))?;
+                if sha.is_err()
+                    && let (Ok((_, _, CacheOutcome::Written)), Some(dir)) = (&built, &options.compiled_cache_dir)
+                {
+                    // Built from a file that is not the one the manifest names: not to be reused.
+                    compiled_cache::discard(dir, expected);
+                }
+                Ok::<_, EngineError>((sha?, built?))
+            })?,
+            None => {
+                let sha = check()?;
+                let built = build(&sha)?;
+                (sha, built)
+            }
+        };
         let info = ModelInfo {
             id: manifest.id.clone(),
             quantization: manifest.quantization.clone(),
