@@ -419,7 +419,7 @@ pub fn print_bench_table(report: &BenchReport) {
             for (heading, costs) in [("operator", &phase.ops), ("node (layers folded)", &phase.nodes)] {
                 println!("{heading:<48} {:>8} {:>10} {:>7}", "calls", "ms", "share");
                 for cost in costs.iter().take(15) {
-                    println!("{:<48} {:>8} {:>10.2} {:>6.1}%", cost.op, cost.calls, cost.ms, share(cost.ms));
+                    println!("{:<48} {:>8} {:>10.2} {:>6.1}%", cost.name, cost.calls, cost.ms, share(cost.ms));
                 }
             }
             let between = phase.ms - phase.ops.iter().map(|o| o.ms).sum::<f64>();

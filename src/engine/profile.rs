@@ -10,11 +10,11 @@ use tract_onnx::tract_core::internal::{EvalContext, OpState};
 
 use super::{Engine, EngineError, sampler};
 
-/// Time spent in one kind of operator over a phase.
+/// Time spent in one kind of operator, or one node, over a phase.
 #[derive(Debug, Clone, Serialize)]
 pub struct OpCost {
-    /// tract's operator name (`OptMatMul`, `SameShapeBinary`, …).
-    pub op: String,
+    /// tract's operator name (`OptMatMul`, `SameShapeBinary`, …) or a node name.
+    pub name: String,
     /// Node evaluations, summed over the phase's steps.
     pub calls: usize,
     pub ms: f64,
@@ -29,8 +29,8 @@ pub struct PhaseProfile {
     /// Wall time of the steps, including tract's work between nodes.
     pub ms: f64,
     pub ops: Vec<OpCost>,
-    /// The same time by node name, layer numbers folded (`layers.#.mlp.down_proj…`), so that
-    /// one projection's cost shows across all layers.
+    /// The same time by node name, numbers folded (`blk.#.down_proj_#.matmul`), so that one
+    /// projection's cost shows across all layers.
     pub nodes: Vec<OpCost>,
 }
 
@@ -58,12 +58,12 @@ impl Timer {
 
 fn by_time(map: HashMap<String, (usize, Duration)>) -> Vec<OpCost> {
     let mut costs: Vec<OpCost> =
-        map.into_iter().map(|(op, (calls, spent))| OpCost { op, calls, ms: spent.as_secs_f64() * 1e3 }).collect();
+        map.into_iter().map(|(name, (calls, spent))| OpCost { name, calls, ms: spent.as_secs_f64() * 1e3 }).collect();
     costs.sort_by(|a, b| b.ms.total_cmp(&a.ms));
     costs
 }
 
-/// `model.layers.12.mlp.down_proj.matmul` → `model.layers.#.mlp.down_proj.matmul`.
+/// `blk.12.down_proj_345.matmul` → `blk.#.down_proj_#.matmul`.
 fn fold_numbers(name: &str) -> String {
     let mut folded = String::with_capacity(name.len());
     let mut in_number = false;
