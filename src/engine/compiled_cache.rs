@@ -91,9 +91,9 @@ pub fn load_or_build(
     Ok((model, outcome))
 }
 
-/// Removes the archive kept for `model_sha256`, if any.
+/// Removes the archive kept for `model_sha256` (lowercase hex), if any.
 pub fn discard(dir: &Path, model_sha256: &str) {
-    let archive = archive_path(dir, &model_sha256.to_ascii_lowercase());
+    let archive = archive_path(dir, model_sha256);
     for path in [sidecar_path(&archive), archive] {
         if let Err(e) = std::fs::remove_file(&path)
             && e.kind() != std::io::ErrorKind::NotFound
@@ -130,25 +130,32 @@ fn load(archive: &Path, model_sha256: &str) -> TractResult<Option<TypedModel>> {
 fn store(archive: &Path, model_sha256: &str, model: &TypedModel) -> TractResult<()> {
     let dir = archive.parent().context("archive path has no directory")?;
     std::fs::create_dir_all(dir)?;
-    // Streamed to disk and hashed from there: the archive is as large as the model.
-    let tmp = archive.with_extension(format!("tmp{}", std::process::id()));
-    let result = (|| -> TractResult<()> {
+    // Streamed to disk and hashed from there: the archive is as large as the model. The
+    // archive first, then its record: a reader finds no record, a stale one (and rebuilds), or
+    // a complete pair.
+    let archive_sha256 = write_then_rename(archive, |file, tmp| {
+        nnef().write_to_tar(model, &mut *file)?;
+        std::io::Write::flush(file)?;
+        file.get_ref().sync_all()?;
+        super::sha256_file(tmp).map_err(Into::into)
+    })?;
+    let sidecar = Sidecar { model_sha256: model_sha256.to_string(), build: build_id(), archive_sha256 };
+    write_then_rename(&sidecar_path(archive), |file, _| Ok(serde_json::to_writer_pretty(file, &sidecar)?))
+}
+
+/// Writes `path` through a temporary file beside it, renamed into place once `write` (given
+/// the buffered file and the temporary path) has succeeded; removed otherwise.
+fn write_then_rename<T>(
+    path: &Path,
+    write: impl FnOnce(&mut std::io::BufWriter<std::fs::File>, &Path) -> TractResult<T>,
+) -> TractResult<T> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let result = (|| {
         let mut file = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-        nnef().write_to_tar(model, &mut file)?;
-        file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        let sidecar = Sidecar {
-            model_sha256: model_sha256.to_string(),
-            build: build_id(),
-            archive_sha256: super::sha256_file(&tmp)?,
-        };
-        // The archive first, then its record: a reader finds no record, a stale one (and
-        // rebuilds), or a complete pair.
-        std::fs::rename(&tmp, archive)?;
-        let record = sidecar_path(archive);
-        let record_tmp = record.with_extension(format!("tmp{}", std::process::id()));
-        std::fs::write(&record_tmp, serde_json::to_vec_pretty(&sidecar)?)?;
-        std::fs::rename(&record_tmp, &record)?;
-        Ok(())
+        let value = write(&mut file, &tmp)?;
+        file.into_inner().map_err(|e| e.into_error())?;
+        std::fs::rename(&tmp, path)?;
+        Ok(value)
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);

@@ -218,14 +218,15 @@ impl Engine {
         // checks the file, and nothing built is used unless the file matches.
         let (sha, (plan, io, compiled_cache)) = match manifest.model_sha256.as_deref() {
             Some(expected) => std::thread::scope(|scope| {
+                let expected = expected.to_ascii_lowercase();
                 let checking = scope.spawn(check);
-                let built = build(&expected.to_ascii_lowercase());
+                let built = build(&expected);
                 let sha = checking.join().map_err(|_| EngineError::Model("hashing the model panicked".into()))?;
                 if sha.is_err()
                     && let (Ok((_, _, CacheOutcome::Written)), Some(dir)) = (&built, &options.compiled_cache_dir)
                 {
                     // Built from a file that is not the one the manifest names: not to be reused.
-                    compiled_cache::discard(dir, expected);
+                    compiled_cache::discard(dir, &expected);
                 }
                 Ok::<_, EngineError>((sha?, built?))
             })?,
