@@ -1,8 +1,10 @@
 //! The inference engine: a decoder-only ONNX model (Optimum `text-generation-with-past`
 //! layout) run by tract, with its tokenizer and a generation loop.
 //!
-//! The engine is single-threaded by design: one OS thread owns it (see `daemon::worker`), and
-//! tract's own thread pool parallelises the matrix products inside each step.
+//! The engine is single-threaded by design: one OS thread owns it (see `daemon::worker`).
+//! Inside a step, tract's thread pool parallelises the matrix products of a prompt chunk, and
+//! a [`spin_team::SpinTeam`] the 4-bit matrix-vector products of a decode step
+//! ([`q4_matvec`]).
 //!
 //! The KV cache lives inside tract's model state when tract-transformers recognises the
 //! `past -> Concat -> present` pattern, and is passed in and out explicitly otherwise. Either
@@ -13,7 +15,11 @@ mod compiled_cache;
 pub mod embedder;
 mod manifest;
 mod profile;
+#[allow(unsafe_code)] // SIMD intrinsics behind a CPU feature check
+mod q4_matvec;
 pub mod sampler;
+#[allow(unsafe_code)] // a job borrowed by the helper threads until they finish it
+mod spin_team;
 mod stream;
 #[allow(unsafe_code)] // inventory's registration is a link-time constructor
 mod tuning;
@@ -35,6 +41,7 @@ pub use sampler::{SamplingParams, SeededRng};
 pub use stream::TextStream;
 
 use sampler::Sampler;
+use spin_team::SpinTeam;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -181,6 +188,8 @@ pub struct Engine {
     plan: Arc<TypedRunnableModel>,
     /// tract's thread pool, used for steps that are worth it (see `forward`).
     executor: Option<tract_linalg::multithread::Executor>,
+    /// Spinning helpers for the 4-bit products of a decode step (see `spin_team`).
+    team: Option<Arc<SpinTeam>>,
     io: ModelIo,
     tokenizer: Tokenizer,
     manifest: ModelManifest,
@@ -251,7 +260,25 @@ impl Engine {
         let sampler = Sampler::new(manifest.dims.vocab);
         let executor = (options.threads > 1)
             .then(|| tract_linalg::multithread::Executor::multithread_with_name(options.threads, "edgellm-mm"));
-        Ok(Engine { plan, executor, io, tokenizer, manifest, info, options, sampler, prefix: None, embedder: None })
+        let team = match options.threads {
+            0 | 1 => None,
+            n => Some(Arc::new(
+                SpinTeam::new(n).map_err(|e| EngineError::Model(format!("cannot start {n} threads: {e}")))?,
+            )),
+        };
+        Ok(Engine {
+            plan,
+            executor,
+            team,
+            io,
+            tokenizer,
+            manifest,
+            info,
+            options,
+            sampler,
+            prefix: None,
+            embedder: None,
+        })
     }
 
     pub fn info(&self) -> &ModelInfo {
@@ -325,11 +352,12 @@ impl Engine {
     ) -> Result<(), EngineError>
     where
         Eval: for<'a, 'b, 'c> FnMut(
-            &'a tract_onnx::tract_core::internal::EvalContext<'a>,
-            Option<&'b mut (dyn tract_onnx::tract_core::internal::OpState + 'static)>,
-            &'c TypedNode,
-            TVec<TValue>,
-        ) -> Result<TVec<TValue>, E>,
+                &'a tract_onnx::tract_core::internal::EvalContext<'a>,
+                Option<&'b mut (dyn tract_onnx::tract_core::internal::OpState + 'static)>,
+                &'c TypedNode,
+                TVec<TValue>,
+            ) -> Result<TVec<TValue>, E>
+            + Send,
         E: Into<anyhow::Error> + Send + Sync + 'static,
     {
         let past_len = seq.tokens.len();
@@ -359,7 +387,8 @@ impl Engine {
                     seq.state.run_plan_with_eval(inputs, eval)
                 })
             }
-            _ => seq.state.run_plan_with_eval(inputs, eval),
+            // One token: tract's own products stay on this thread, the 4-bit ones use the team.
+            _ => spin_team::with_team(self.team.as_ref(), || seq.state.run_plan_with_eval(inputs, eval)),
         }
         .map_err(EngineError::inference)?;
         for &out in &self.io.present {
@@ -558,6 +587,9 @@ fn build_plan(
     typed.optimize()?;
     let vectorized = tuning::vectorize_same_shape_binaries(&mut typed)?;
     let fused_ropes = tuning::fuse_rotary_embeddings(&mut typed)?;
+    let fused_softmaxes = tuning::fuse_scaled_masked_softmaxes(&mut typed)?;
+    let q4_matvecs =
+        if std::env::var("EDGELLM_NO_Q4MV").is_ok() { 0 } else { q4_matvec::accelerate_q4_matvecs(&mut typed)? };
     let optimized = started.elapsed();
     // No executor in the plan: `forward` picks one per step.
     let plan = typed.into_runnable_with_options(&RunOptions::default())?;
@@ -568,6 +600,8 @@ fn build_plan(
         plan_ms = (started.elapsed() - optimized).as_millis() as u64,
         vectorized,
         fused_ropes,
+        fused_softmaxes,
+        q4_matvecs,
         "model load phases"
     );
     Ok((plan, io, cache))

@@ -1,4 +1,4 @@
-//! Three gaps in tract 0.23.9's CPU code generation, worked around here until tract closes them
+//! Four gaps in tract 0.23.9's CPU code generation, worked around here until tract closes them
 //! (the upstream fixes for the first two are in `patches/tract-0.23.9/`). Each is measured by `edgellm bench`
 //! (see the README's performance section).
 //!
@@ -20,6 +20,11 @@
 //!    two broadcasting multiplies and an add, the multiplies element by element (a tenth of a
 //!    prefill chunk's time). [`fuse_rotary_embeddings`] swaps in [`FusedRope`], one pass over
 //!    the rows.
+//! 4. **Attention softmax.** tract-transformers' `ScaledMaskedSoftmax` multiplies the scores
+//!    by the scale into one new tensor, adds the causal mask through a broadcasting add (element
+//!    by element) into another, then runs the softmax. [`fuse_scaled_masked_softmaxes`] swaps
+//!    in [`FusedScaledMaskedSoftmax`], which writes `scores * scale + mask` row by row into one
+//!    buffer and runs tract's own softmax on it in place: the same arithmetic, bit for bit.
 
 use std::sync::Arc;
 
@@ -29,7 +34,9 @@ use tract_linalg::routines::Func;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::{EvalContext, EvalOp, Op, StaticName, TypedOp};
 use tract_onnx::tract_core::ops::binary::{BinMiniOp, TypedBinOp};
+use tract_onnx::tract_core::ops::nn::{Softmax, SoftmaxKind};
 use tract_transformers::ops::apply_rope::ApplyRope;
+use tract_transformers::ops::scaled_masked_softmax::ScaledMaskedSoftmax;
 
 /// Replaces tract-transformers' `ApplyRope` nodes by [`FusedRope`]; returns how many.
 pub(super) fn fuse_rotary_embeddings(model: &mut TypedModel) -> TractResult<usize> {
@@ -119,6 +126,84 @@ fn rope_row(out: &mut [f32], x: &[f32], cos: &[f32], sin: &[f32]) {
         out_lo[i] = x_lo[i] * cos_lo[i] - x_hi[i] * sin_lo[i];
         out_hi[i] = x_hi[i] * cos_hi[i] + x_lo[i] * sin_hi[i];
     }
+}
+
+/// Replaces tract-transformers' `ScaledMaskedSoftmax` nodes by [`FusedScaledMaskedSoftmax`];
+/// returns how many.
+pub(super) fn fuse_scaled_masked_softmaxes(model: &mut TypedModel) -> TractResult<usize> {
+    let mut replaced = 0;
+    for id in 0..model.nodes().len() {
+        if let Some(op) = model.node(id).op_as::<ScaledMaskedSoftmax>() {
+            let fused = FusedScaledMaskedSoftmax { inner: op.clone() };
+            model.node_mut(id).op = Box::new(fused);
+            replaced += 1;
+        }
+    }
+    Ok(replaced)
+}
+
+/// `softmax(scores * scale + mask)` over the last axis with an f32 mask broadcast to the scores,
+/// in one buffer. A boolean mask or a post-softmax mask goes to the op it replaces.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct FusedScaledMaskedSoftmax {
+    inner: ScaledMaskedSoftmax,
+}
+
+impl Op for FusedScaledMaskedSoftmax {
+    fn name(&self) -> StaticName {
+        "FusedScaledMaskedSoftmax".into()
+    }
+
+    tract_onnx::tract_core::op_as_typed_op!();
+}
+
+impl EvalOp for FusedScaledMaskedSoftmax {
+    tract_onnx::tract_core::op_out_of_plan!();
+
+    fn eval(&self, ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let scale = self.inner.scale.cast_to_scalar::<f32>()?;
+        match (!self.inner.post_softmax_mask).then(|| masked_scores_f32(&inputs, scale)).transpose()?.flatten() {
+            Some(scores) => {
+                let last_axis = scores.rank() - 1;
+                Softmax::new(tvec!(last_axis), None, SoftmaxKind::Softmax).eval(ctx, tvec!(scores.into_tvalue()))
+            }
+            None => self.inner.eval(ctx, inputs),
+        }
+    }
+}
+
+impl TypedOp for FusedScaledMaskedSoftmax {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        self.inner.output_facts(inputs)
+    }
+
+    tract_onnx::tract_core::as_op!();
+}
+
+/// `scores * scale + mask`, row by row; `None` unless both are f32 and the mask broadcasts to
+/// the scores. The product and the sum are rounded separately, as tract's two nodes round them.
+fn masked_scores_f32(inputs: &[TValue], scale: f32) -> TractResult<Option<Tensor>> {
+    use tract_ndarray::Axis;
+    let [scores, mask] = inputs else { return Ok(None) };
+    if [scores, mask].iter().any(|t| t.datum_type() != f32::datum_type()) || scores.rank() == 0 {
+        return Ok(None);
+    }
+    let scores = scores.to_plain_array_view::<f32>()?;
+    let mask = mask.to_plain_array_view::<f32>()?;
+    let Some(mask) = mask.broadcast(scores.shape()) else { return Ok(None) };
+    let last = Axis(scores.ndim() - 1);
+    let width = scores.len_of(last);
+    if width == 0 {
+        return Ok(None);
+    }
+    let mut out = vec![0f32; scores.len()];
+    let rows = scores.lanes(last).into_iter().zip(mask.lanes(last));
+    for (o, (s, m)) in out.chunks_exact_mut(width).zip(rows) {
+        for ((o, s), m) in o.iter_mut().zip(contiguous(s).iter()).zip(contiguous(m).iter()) {
+            *o = s * scale + m;
+        }
+    }
+    Ok(Some(tract_ndarray::ArrayD::from_shape_vec(scores.shape(), out)?.into_tensor()))
 }
 
 /// Replaces same-shape float binary nodes of an optimised model by [`SameShapeBinary`];
@@ -274,6 +359,32 @@ mod tests {
         for (a, b) in flat(&ours)?.iter().zip(flat(&theirs)?) {
             assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "{a} vs {b}");
         }
+        Ok(())
+    }
+    /// The fused softmax equals tract-transformers' own bit for bit, with the mask broadcast over
+    /// the heads and fully masked positions, as the causal mask of the model has.
+    #[test]
+    fn fused_scaled_masked_softmax_equals_scaled_masked_softmax() -> TractResult<()> {
+        let (heads, rows, cols) = (3, 5, 7);
+        let scores: Vec<f32> = (0..heads * rows * cols).map(|i| (i as f32 * 0.731).sin() * 4.0).collect();
+        let mask: Vec<f32> =
+            (0..rows * cols).map(|i| if i % cols > i / cols + 2 { f32::NEG_INFINITY } else { 0.0 }).collect();
+        let inputs = tvec!(
+            Tensor::from_shape(&[1, heads, rows, cols], &scores)?.into_tvalue(),
+            Tensor::from_shape(&[1, 1, rows, cols], &mask)?.into_tvalue()
+        );
+        let theirs = ScaledMaskedSoftmax { scale: Arc::new(tensor0(0.125f32)), post_softmax_mask: false };
+        let ours = FusedScaledMaskedSoftmax { inner: theirs.clone() };
+        let ctx = EvalContext::out_of_plan();
+        let expected = theirs.eval(&ctx, inputs.clone())?.remove(0);
+        let got = ours.eval(&ctx, inputs)?.remove(0);
+        assert_eq!(got.shape(), expected.shape());
+        let bits = |t: &TValue| -> TractResult<Vec<u32>> {
+            Ok(t.to_plain_array_view::<f32>()?.iter().map(|v| v.to_bits()).collect())
+        };
+        assert_eq!(bits(&got)?, bits(&expected)?);
+        let masked = got.to_plain_array_view::<f32>()?.iter().filter(|v| **v == 0.0).count();
+        assert!(masked > 0, "the mask hides some positions");
         Ok(())
     }
 }
