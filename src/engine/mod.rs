@@ -382,12 +382,13 @@ impl Engine {
             .map(|(i, v)| v.ok_or_else(|| EngineError::Inference(format!("model input {i} is not fed"))))
             .collect::<Result<_, _>>()?;
         let mut outputs = match &self.executor {
-            Some(pool) if n >= parallel_min_tokens() => {
+            // The 4-bit products share out their panels over the team; tract's own products
+            // use its pool for a prompt chunk and stay on this thread for one token.
+            Some(pool) if n >= parallel_min_tokens() => spin_team::with_team(self.team.as_ref(), || {
                 tract_linalg::multithread::multithread_tract_scope(pool.clone(), || {
                     seq.state.run_plan_with_eval(inputs, eval)
                 })
-            }
-            // One token: tract's own products stay on this thread, the 4-bit ones use the team.
+            }),
             _ => spin_team::with_team(self.team.as_ref(), || seq.state.run_plan_with_eval(inputs, eval)),
         }
         .map_err(EngineError::inference)?;

@@ -80,19 +80,36 @@ impl Q4MatVec {
         Some(Q4MatVec { inner: op.clone(), weight: weight.clone(), b_input: *b_input, m, k })
     }
 
-    /// The activations of a one-column product (`k` floats), if `b` is that.
-    fn column(&self, b: &TValue) -> Option<Vec<f32>> {
+    /// The activations as `n` rows of `k` floats (`(n, rows)`), if `b` holds one f32 matrix
+    /// packed by tract: panels of `r` columns, each `k` steps of `r` floats.
+    fn columns(&self, b: &TValue) -> Option<(usize, Vec<f32>)> {
         let packed = b.try_storage_as::<PackedMatrixStorage>().ok()?;
         if packed.values().len() != 1 {
             return None;
         }
         let value = packed.value().downcast_ref::<EagerPackedInput>()?;
         let format = value.fact.format.downcast_ref::<PackedFormat>()?;
-        if format.dt != f32::datum_type() || format.r != 1 || value.mn != 1 || value.fact.k != self.k {
+        let (n, r, k) = (value.mn, format.r, value.fact.k);
+        if format.dt != f32::datum_type() || k != self.k || r == 0 || n == 0 {
             return None;
         }
-        let bytes = value.packed.get(..self.k * 4)?;
-        Some(bytes.chunks_exact(4).map(|b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]])).collect())
+        if value.panel_bytes % 4 != 0 || value.packed.len() < n.div_ceil(r) * value.panel_bytes {
+            return None;
+        }
+        let floats: Vec<f32> =
+            value.packed.chunks_exact(4).map(|b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let panel_floats = value.panel_bytes / 4;
+        if panel_floats < k * r {
+            return None;
+        }
+        let mut rows = vec![0f32; n * k];
+        for (t, row) in rows.chunks_exact_mut(k).enumerate() {
+            let panel = &floats[t / r * panel_floats..][..k * r];
+            for (x, step) in row.iter_mut().zip(panel.chunks_exact(r)) {
+                *x = step[t % r];
+            }
+        }
+        Some((n, rows))
     }
 }
 
@@ -114,15 +131,44 @@ impl EvalOp for Q4MatVec {
 
     fn eval(&self, ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let c_shape = self.inner.c_fact.shape.eval_to_usize(ctx.symbols)?;
-        let one_column = c_shape.iter().product::<usize>() == self.m;
-        if let Some(x) = inputs.get(self.b_input).filter(|_| one_column).and_then(|b| self.column(b)) {
-            let mut c = vec![0f32; self.m.div_ceil(PANEL_ROWS) * PANEL_ROWS];
-            let panels_bytes = &self.weight.packed[..self.m.div_ceil(PANEL_ROWS) * self.weight.panel_bytes];
-            matvec(panels_bytes, self.k, &x, &mut c, super::spin_team::current().as_deref());
-            c.truncate(self.m);
+        let team = super::spin_team::current();
+        let columns = inputs.get(self.b_input).and_then(|b| self.columns(b));
+        if let Some((n, rows)) = columns.filter(|(n, _)| self.handles(&c_shape, *n, team.as_deref())) {
+            let padded = self.m.div_ceil(PANEL_ROWS) * PANEL_ROWS;
+            let panels_bytes = &self.weight.packed[..padded / PANEL_ROWS * self.weight.panel_bytes];
+            let mut by_panel = vec![0f32; padded * n];
+            product(panels_bytes, self.k, &rows, n, &mut by_panel, team.as_deref());
+            // `by_panel` holds, panel after panel, n rows of 32 outputs; `c` wants tract's strides.
+            let strides = Tensor::natural_strides(&c_shape);
+            let stride_m = self.inner.c_m_axis.map(|ax| strides[ax] as usize).unwrap_or(0);
+            let stride_n = self.inner.c_n_axis.map(|ax| strides[ax] as usize).unwrap_or(0);
+            let mut c = vec![0f32; self.m * n];
+            for (p, panel) in by_panel.chunks_exact(n * PANEL_ROWS).enumerate() {
+                for (t, outputs) in panel.chunks_exact(PANEL_ROWS).enumerate() {
+                    for (i, &v) in outputs.iter().enumerate().take(self.m.saturating_sub(p * PANEL_ROWS)) {
+                        c[t * stride_n + (p * PANEL_ROWS + i) * stride_m] = v;
+                    }
+                }
+            }
             return Ok(tvec!(Tensor::from_shape(&c_shape, &c)?.into_tvalue()));
         }
         self.inner.eval(ctx, inputs)
+    }
+}
+
+impl Q4MatVec {
+    /// Whether the fused kernels take a product of `n` columns into an output of `c_shape`
+    /// (nothing but m and n in it): one column always; several with AVX-512 and a team to
+    /// share them with. On one thread tract's own tiles are faster for a prompt chunk (by a
+    /// fifth, measured), but they gain nothing from a second thread here and ours do.
+    fn handles(&self, c_shape: &[usize], n: usize, team: Option<&SpinTeam>) -> bool {
+        let several_ok = wide_kernel_available() && team.is_some_and(|team| team.threads() > 1);
+        let m_ok = self.inner.c_m_axis.is_some_and(|ax| c_shape.get(ax) == Some(&self.m));
+        let n_ok = match self.inner.c_n_axis {
+            Some(ax) => c_shape.get(ax) == Some(&n),
+            None => n == 1,
+        };
+        m_ok && n_ok && c_shape.iter().product::<usize>() == self.m * n && (n == 1 || several_ok)
     }
 }
 
@@ -150,37 +196,39 @@ fn kernel_available() -> bool {
 /// Products with fewer multiply-adds than this stay on the calling thread.
 const PARALLEL_MIN_MACS: usize = 1 << 16;
 
-/// `out[r] = sum_k W[r][k] x[k]` over whole panels (`out.len()` a multiple of 32), the panels
-/// shared out over `team` when there is one and the product is large enough.
-fn matvec(panels: &[u8], k: usize, x: &[f32], out: &mut [f32], team: Option<&SpinTeam>) {
+fn wide_kernel_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `out = W x` for `n` columns `x` (`xs`, `n` rows of `k`) over whole panels; `out` holds,
+/// panel after panel, `n` rows of 32 outputs. The panels are shared out over `team` when there
+/// is one and the product is large enough.
+fn product(panels: &[u8], k: usize, xs: &[f32], n: usize, out: &mut [f32], team: Option<&SpinTeam>) {
     let blocks = k / BLOCK;
     let panel_bytes = blocks * PANEL_BLOCK_BYTES;
-    debug_assert_eq!(x.len(), k);
-    debug_assert_eq!(panels.len(), out.len() / PANEL_ROWS * panel_bytes);
+    debug_assert_eq!(xs.len(), n * k);
+    debug_assert_eq!(panels.len() / panel_bytes * n * PANEL_ROWS, out.len());
     // sum(nibble * x) - 8 * sum(x) per block: the offset leaves the inner loop.
-    let block_sums: Vec<f32> = x.chunks_exact(BLOCK).map(|b| b.iter().sum()).collect();
+    let block_sums: Vec<f32> = xs.chunks_exact(BLOCK).map(|b| b.iter().sum()).collect();
     let run = |panels: &[u8], out: &mut [f32]| {
-        for (panel, rows) in panels.chunks_exact(panel_bytes).zip(out.chunks_exact_mut(PANEL_ROWS)) {
-            #[cfg(target_arch = "x86_64")]
-            if std::is_x86_feature_detected!("avx512f") {
-                // SAFETY: the feature is present (checked) and the slices have the sizes above.
-                unsafe { x86::panel_avx512(panel, x, &block_sums, rows) };
-                continue;
-            } else if kernel_available() {
-                // SAFETY: as above.
-                unsafe { x86::panel_avx2(panel, x, &block_sums, rows) };
-                continue;
-            }
-            panel_scalar(panel, x, &block_sums, rows);
+        for (panel, rows) in panels.chunks_exact(panel_bytes).zip(out.chunks_exact_mut(n * PANEL_ROWS)) {
+            product_panel(panel, k, xs, &block_sums, rows);
         }
     };
     match team {
         Some(team) if team.threads() > 1 && out.len() * k >= PARALLEL_MIN_MACS => {
-            let n_panels = out.len() / PANEL_ROWS;
+            let n_panels = panels.len() / panel_bytes;
             let per_part = n_panels.div_ceil(team.threads());
             let parts: Vec<std::sync::Mutex<(&[u8], &mut [f32])>> = panels
                 .chunks(per_part * panel_bytes)
-                .zip(out.chunks_mut(per_part * PANEL_ROWS))
+                .zip(out.chunks_mut(per_part * n * PANEL_ROWS))
                 .map(std::sync::Mutex::new)
                 .collect();
             team.run(&|i| {
@@ -192,6 +240,50 @@ fn matvec(panels: &[u8], k: usize, x: &[f32], out: &mut [f32], team: Option<&Spi
             });
         }
         _ => run(panels, out),
+    }
+}
+
+/// One panel times `n` columns: `out` gets `n` rows of 32.
+fn product_panel(panel: &[u8], k: usize, xs: &[f32], block_sums: &[f32], out: &mut [f32]) {
+    let blocks = k / BLOCK;
+    let n = xs.len() / k;
+    #[cfg(target_arch = "x86_64")]
+    if wide_kernel_available() {
+        let mut t = 0;
+        while t < n {
+            let tile = (n - t).min(8);
+            let (xs, sums, out) = (
+                &xs[t * k..(t + tile) * k],
+                &block_sums[t * blocks..(t + tile) * blocks],
+                &mut out[t * PANEL_ROWS..(t + tile) * PANEL_ROWS],
+            );
+            // SAFETY: the feature is present (checked) and the slices have the kernels' sizes.
+            unsafe {
+                match tile {
+                    8 => x86::panel_tile_avx512::<8>(panel, xs, sums, out),
+                    7 => x86::panel_tile_avx512::<7>(panel, xs, sums, out),
+                    6 => x86::panel_tile_avx512::<6>(panel, xs, sums, out),
+                    5 => x86::panel_tile_avx512::<5>(panel, xs, sums, out),
+                    4 => x86::panel_tile_avx512::<4>(panel, xs, sums, out),
+                    3 => x86::panel_tile_avx512::<3>(panel, xs, sums, out),
+                    2 => x86::panel_tile_avx512::<2>(panel, xs, sums, out),
+                    _ => x86::panel_avx512(panel, xs, sums, out),
+                }
+            }
+            t += tile;
+        }
+        return;
+    }
+    for ((x, sums), out) in
+        xs.chunks_exact(k).zip(block_sums.chunks_exact(blocks)).zip(out.chunks_exact_mut(PANEL_ROWS))
+    {
+        #[cfg(target_arch = "x86_64")]
+        if kernel_available() {
+            // SAFETY: the features are present (checked) and the slices have the kernel's sizes.
+            unsafe { x86::panel_avx2(panel, x, sums, out) };
+            continue;
+        }
+        panel_scalar(panel, x, sums, out);
     }
 }
 
@@ -266,6 +358,65 @@ mod x86 {
         unsafe {
             _mm512_storeu_ps(rows.as_mut_ptr(), out_lo);
             _mm512_storeu_ps(rows.as_mut_ptr().add(16), out_hi);
+        }
+    }
+
+    /// [`panel_avx512`] for `T` columns at once: each position's weights are unpacked once and
+    /// meet the `T` columns' activations (`xs`: `T` rows of k, `block_sums`: `T` rows of k / 32,
+    /// `rows`: `T` rows of 32 outputs).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; the slices have the sizes above.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn panel_tile_avx512<const T: usize>(
+        panel: &[u8],
+        xs: &[f32],
+        block_sums: &[f32],
+        rows: &mut [f32],
+    ) {
+        let k = xs.len() / T;
+        let blocks = k / BLOCK;
+        assert!(panel.len() == blocks * PANEL_BLOCK_BYTES && xs.len() == T * k && block_sums.len() == T * blocks);
+        assert!(rows.len() == T * PANEL_ROWS);
+        let low = _mm512_set1_epi32(0x0f);
+        // The outputs change once per block: they live in `rows`, the block's sums in registers.
+        rows.fill(0.0);
+        for (blk, bytes) in panel.chunks_exact(PANEL_BLOCK_BYTES).enumerate() {
+            let (scales, nibbles) = bytes.split_at(PANEL_ROWS * 2);
+            let x: [&[f32]; T] = std::array::from_fn(|t| &xs[t * k + blk * BLOCK..][..BLOCK]);
+            let mut acc_lo = [_mm512_setzero_ps(); T];
+            let mut acc_hi = [_mm512_setzero_ps(); T];
+            for (pos, bytes) in nibbles.chunks_exact(16).enumerate() {
+                // SAFETY: `bytes` is 16 bytes long.
+                let v = _mm512_cvtepu8_epi32(unsafe { _mm_loadu_si128(bytes.as_ptr() as *const __m128i) });
+                let w_lo = _mm512_cvtepi32_ps(_mm512_and_si512(v, low));
+                let w_hi = _mm512_cvtepi32_ps(_mm512_srli_epi32::<4>(v));
+                for t in 0..T {
+                    let xv = _mm512_set1_ps(x[t][pos]);
+                    acc_lo[t] = _mm512_fmadd_ps(w_lo, xv, acc_lo[t]);
+                    acc_hi[t] = _mm512_fmadd_ps(w_hi, xv, acc_hi[t]);
+                }
+            }
+            // SAFETY: `scales` is 64 bytes long: 32 f16.
+            let (scale_lo, scale_hi) = unsafe {
+                (
+                    _mm512_cvtph_ps(_mm256_loadu_si256(scales.as_ptr() as *const __m256i)),
+                    _mm512_cvtph_ps(_mm256_loadu_si256(scales.as_ptr().add(32) as *const __m256i)),
+                )
+            };
+            for (t, row) in rows.chunks_exact_mut(PANEL_ROWS).enumerate() {
+                let offset = _mm512_set1_ps(8.0 * block_sums[t * blocks + blk]);
+                // SAFETY: `row` is 32 floats long.
+                unsafe {
+                    let lo = _mm512_loadu_ps(row.as_ptr());
+                    let hi = _mm512_loadu_ps(row.as_ptr().add(16));
+                    _mm512_storeu_ps(row.as_mut_ptr(), _mm512_fmadd_ps(_mm512_sub_ps(acc_lo[t], offset), scale_lo, lo));
+                    _mm512_storeu_ps(
+                        row.as_mut_ptr().add(16),
+                        _mm512_fmadd_ps(_mm512_sub_ps(acc_hi[t], offset), scale_hi, hi),
+                    );
+                }
+            }
         }
     }
 
@@ -349,56 +500,70 @@ mod tests {
 
     /// Every kernel this CPU has, and the scalar reference, on tract's own packing of a weight,
     /// agree with the product computed in f64 from the values the GGML blocks stand for (padding
-    /// rows included), and splitting the panels over two threads changes no sum.
+    /// rows included), for one column and several, on one thread and split over two.
     #[test]
     fn fused_product_equals_the_dequantized_product() -> TractResult<()> {
         for (m, k) in [(64, 64), (96, 576), (40, 128), (320, 576)] {
             let (ggml, values) = random_q4(m, k, (m * k) as u64);
             let packed = Q4_0.pack(&ggml, k, PANEL_ROWS, 16, false)?;
             let panels = m.div_ceil(PANEL_ROWS);
-            assert_eq!(packed.panel_bytes, k / BLOCK * PANEL_BLOCK_BYTES);
+            let panel_bytes = packed.panel_bytes;
+            assert_eq!(panel_bytes, k / BLOCK * PANEL_BLOCK_BYTES);
+            let weights = &packed.packed[..panels * panel_bytes];
             let x: Vec<f32> = (0..k).map(|i| ((i as f32) * 0.37).sin()).collect();
             let expected: Vec<f64> =
                 (0..m).map(|r| (0..k).map(|c| values[r * k + c] as f64 * x[c] as f64).sum()).collect();
-            let mut fused = vec![0f32; panels * PANEL_ROWS];
-            matvec(&packed.packed[..panels * packed.panel_bytes], k, &x, &mut fused, None);
             let block_sums: Vec<f32> = x.chunks_exact(BLOCK).map(|b| b.iter().sum()).collect();
-            let panel_bytes = packed.panel_bytes;
-            let mut reference = vec![0f32; panels * PANEL_ROWS];
-            for (p, rows) in reference.chunks_exact_mut(PANEL_ROWS).enumerate() {
-                panel_scalar(&packed.packed[p * panel_bytes..][..panel_bytes], &x, &block_sums, rows);
-            }
-            let mut kernels = vec![("dispatched", fused), ("scalar", reference)];
-            #[cfg(target_arch = "x86_64")]
-            for (name, available, kernel) in [
-                ("avx2", kernel_available(), x86::panel_avx2 as unsafe fn(&[u8], &[f32], &[f32], &mut [f32])),
-                ("avx512", std::is_x86_feature_detected!("avx512f"), x86::panel_avx512),
-            ] {
-                if !available {
-                    continue;
-                }
+            let per_panel = |kernel: &dyn Fn(&[u8], &mut [f32])| {
                 let mut rows = vec![0f32; panels * PANEL_ROWS];
                 for (p, out) in rows.chunks_exact_mut(PANEL_ROWS).enumerate() {
-                    // SAFETY: the features are present (checked) and the sizes are the kernels'.
-                    unsafe { kernel(&packed.packed[p * panel_bytes..][..panel_bytes], &x, &block_sums, out) };
+                    kernel(&weights[p * panel_bytes..][..panel_bytes], out);
                 }
-                kernels.push((name, rows));
+                rows
+            };
+            let mut kernels = vec![("scalar", per_panel(&|panel, out| panel_scalar(panel, &x, &block_sums, out)))];
+            #[cfg(target_arch = "x86_64")]
+            {
+                if kernel_available() {
+                    // SAFETY: the features are present (checked) and the sizes are the kernel's.
+                    kernels.push((
+                        "avx2",
+                        per_panel(&|panel, out| unsafe { x86::panel_avx2(panel, &x, &block_sums, out) }),
+                    ));
+                }
+                if wide_kernel_available() {
+                    // SAFETY: as above.
+                    kernels.push((
+                        "avx512",
+                        per_panel(&|panel, out| unsafe { x86::panel_avx512(panel, &x, &block_sums, out) }),
+                    ));
+                }
             }
             for (name, rows) in &kernels {
                 for r in 0..m {
                     let tolerance = 1e-4 * (1.0 + expected[r].abs());
-                    assert!(
-                        (rows[r] as f64 - expected[r]).abs() < tolerance,
-                        "{name}, {m}x{k} row {r}: {} vs {}",
-                        rows[r],
-                        expected[r]
-                    );
+                    let got = rows[r] as f64;
+                    assert!((got - expected[r]).abs() < tolerance, "{name}, {m}x{k} row {r}: {got} vs {}", expected[r]);
                 }
             }
+            // Several columns: column t is x scaled by (t + 1), so its products are expected's.
             let team = SpinTeam::new(2)?;
-            let mut shared = vec![0f32; panels * PANEL_ROWS];
-            matvec(&packed.packed[..panels * packed.panel_bytes], k, &x, &mut shared, Some(&team));
-            assert_eq!(shared, kernels[0].1, "split over two threads: the same sums");
+            for n in [1, 2, 3, 5, 8, 13] {
+                let xs: Vec<f32> = (0..n).flat_map(|t| x.iter().map(move |v| v * (t + 1) as f32)).collect();
+                for (label, team) in [("one thread", None), ("two threads", Some(&team))] {
+                    let mut out = vec![0f32; panels * n * PANEL_ROWS];
+                    product(weights, k, &xs, n, &mut out, team);
+                    for (p, panel) in out.chunks_exact(n * PANEL_ROWS).enumerate() {
+                        for (t, rows) in panel.chunks_exact(PANEL_ROWS).enumerate() {
+                            for (i, &got) in rows.iter().enumerate().filter(|(i, _)| p * PANEL_ROWS + i < m) {
+                                let want = expected[p * PANEL_ROWS + i] * (t + 1) as f64;
+                                let tolerance = 1e-4 * (1.0 + want.abs());
+                                assert!((got as f64 - want).abs() < tolerance, "{n} columns, {label}: {got} vs {want}");
+                            }
+                        }
+                    }
+                }
+            }
         }
         Ok(())
     }
