@@ -1,16 +1,17 @@
-//! A fused 4-bit matrix-vector product for decode steps.
+//! Fused 4-bit matrix products over tract's packed Q4_0 weights.
 //!
 //! tract multiplies a Q4_0 weight by one token's activations in two passes per panel of 32
 //! rows: its extractor unpacks the panel to f32 in a scratch buffer, then the 32x1 f32 kernel
-//! reads it back. On a decode step these products are three quarters of the time, and the
-//! unpacking dominates them. [`accelerate_q4_matvecs`] wraps each such product in
-//! [`Q4MatVec`], which reads tract's own packed panels and multiplies as it unpacks; any other
-//! shape (a prompt chunk, a batch) goes to the wrapped tract op unchanged.
+//! reads it back. On a decode step these products are three quarters of the time.
+//! [`accelerate_q4_matvecs`] wraps each in [`Q4MatVec`], which reads tract's own packed panels
+//! and multiplies as it unpacks: one column (a decode step) with AVX2 or AVX-512, several (a
+//! prompt chunk) with AVX-512 when a [`SpinTeam`] shares the panels out. Anything else goes to
+//! the wrapped tract op unchanged, and so does everything on other CPUs (aarch64 included: it
+//! has no kernel here yet). The weights are not copied.
 //!
 //! The packed panel (`Q4_0` for 32 rows, nibbles zipped by 16) holds, for each block of 32
 //! values along k: the 32 rows' f16 scales, then for each of the 32 positions 16 bytes whose
 //! low nibbles are rows 0..16 and high nibbles rows 16..32, each value `(nibble - 8) * scale`.
-//! Only x86_64 with AVX2, FMA and F16C has a kernel; elsewhere the pass changes nothing.
 
 use super::spin_team::SpinTeam;
 use tract_linalg::block_quant::{PackedBlockQuantFormat, Q4_0};
@@ -43,7 +44,7 @@ pub(super) fn accelerate_q4_matvecs(model: &mut TypedModel) -> TractResult<usize
 }
 
 /// One product `c = W x` with a constant Q4_0 weight `W` (`m x k`, packed by tract) and the
-/// activations as input `b`; one column is computed here, more go to `inner`.
+/// activations as input `b`; what the fused kernels do not take goes to `inner`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct Q4MatVec {
     inner: OptMatMul,
