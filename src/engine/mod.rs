@@ -186,7 +186,7 @@ struct PrefixSnapshot {
 
 pub struct Engine {
     plan: Arc<TypedRunnableModel>,
-    /// tract's thread pool, used for steps that are worth it (see `forward`).
+    /// tract's thread pool, for prompt chunks the team does not take (see `forward`).
     executor: Option<tract_linalg::multithread::Executor>,
     /// Spinning helpers for the 4-bit products of a decode step (see `spin_team`).
     team: Option<Arc<SpinTeam>>,
@@ -225,14 +225,14 @@ impl Engine {
         };
         // With a checksum in the manifest, the model is built on its word while a second thread
         // checks the file, and nothing built is used unless the file matches.
-        let (sha, (plan, io, compiled_cache)) = match manifest.model_sha256.as_deref() {
+        let (sha, (plan, io, compiled_cache, fused_q4)) = match manifest.model_sha256.as_deref() {
             Some(expected) => std::thread::scope(|scope| {
                 let expected = expected.to_ascii_lowercase();
                 let checking = scope.spawn(check);
                 let built = build(&expected);
                 let sha = checking.join().map_err(|_| EngineError::Model("hashing the model panicked".into()))?;
                 if sha.is_err()
-                    && let (Ok((_, _, CacheOutcome::Written)), Some(dir)) = (&built, &options.compiled_cache_dir)
+                    && let (Ok((_, _, CacheOutcome::Written, _)), Some(dir)) = (&built, &options.compiled_cache_dir)
                 {
                     // Built from a file that is not the one the manifest names: not to be reused.
                     compiled_cache::discard(dir, &expected);
@@ -258,7 +258,10 @@ impl Engine {
             context_tokens: options.context_tokens,
         };
         let sampler = Sampler::new(manifest.dims.vocab);
-        let executor = (options.threads > 1)
+        // Where the fused products take prompt chunks, the team runs them and tract's pool is
+        // left out: its threads made the rest of a chunk slower, not faster (measured).
+        let chunks_on_team = fused_q4 > 0 && q4_matvec::wide_kernel_available();
+        let executor = (options.threads > 1 && !chunks_on_team)
             .then(|| tract_linalg::multithread::Executor::multithread_with_name(options.threads, "edgellm-mm"));
         let team = match options.threads {
             0 | 1 => None,
@@ -577,7 +580,7 @@ fn build_plan(
     sha256: &str,
     manifest: &ModelManifest,
     cache_dir: Option<&Path>,
-) -> TractResult<(Arc<TypedRunnableModel>, ModelIo, CacheOutcome)> {
+) -> TractResult<(Arc<TypedRunnableModel>, ModelIo, CacheOutcome, usize)> {
     let started = Instant::now();
     let (mut typed, cache) = match cache_dir {
         Some(dir) => compiled_cache::load_or_build(dir, sha256, || decluttered_from_onnx(path))?,
@@ -606,7 +609,7 @@ fn build_plan(
         q4_matvecs,
         "model load phases"
     );
-    Ok((plan, io, cache))
+    Ok((plan, io, cache, q4_matvecs))
 }
 
 /// The ONNX graph parsed, typed, simplified, with the KV cache moved into the model state

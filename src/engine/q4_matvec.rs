@@ -197,7 +197,8 @@ fn kernel_available() -> bool {
 /// Products with fewer multiply-adds than this stay on the calling thread.
 const PARALLEL_MIN_MACS: usize = 1 << 16;
 
-fn wide_kernel_available() -> bool {
+/// Whether this CPU has the kernel for several columns (a prompt chunk).
+pub(super) fn wide_kernel_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::is_x86_feature_detected!("avx512f")
