@@ -590,11 +590,11 @@ fn build_plan(
     let io = model_io(&typed, manifest)?;
     typed.optimize()?;
     let vectorized = tuning::vectorize_same_shape_binaries(&mut typed)?;
-    let fused_ropes = tuning::fuse_rotary_embeddings(&mut typed)?;
-    let fused_softmaxes = tuning::fuse_scaled_masked_softmaxes(&mut typed)?;
+    let fused_ropes = tuning::fuse_rotary_embeddings(&mut typed);
+    let fused_softmaxes = tuning::fuse_scaled_masked_softmaxes(&mut typed);
     // EDGELLM_TRACT_Q4=1 leaves the 4-bit products to tract alone, for side-by-side measurements.
     let q4_matvecs =
-        if std::env::var_os("EDGELLM_TRACT_Q4").is_some() { 0 } else { q4_matvec::accelerate_q4_matvecs(&mut typed)? };
+        if std::env::var_os("EDGELLM_TRACT_Q4").is_some() { 0 } else { q4_matvec::accelerate_q4_matvecs(&mut typed) };
     let optimized = started.elapsed();
     // No executor in the plan: `forward` picks one per step.
     let plan = typed.into_runnable_with_options(&RunOptions::default())?;

@@ -27,20 +27,12 @@ const BLOCK: usize = 32;
 /// Bytes of one block of one panel: 32 f16 scales, then 32 positions of 16 bytes.
 const PANEL_BLOCK_BYTES: usize = PANEL_ROWS * 2 + BLOCK * PANEL_ROWS / 2;
 
-/// Wraps every 4-bit weight product the fused kernel can take; returns how many.
-pub(super) fn accelerate_q4_matvecs(model: &mut TypedModel) -> TractResult<usize> {
+/// Wraps every 4-bit weight product the fused kernels can take; returns how many.
+pub(super) fn accelerate_q4_matvecs(model: &mut TypedModel) -> usize {
     if !kernel_available() {
-        return Ok(0);
+        return 0;
     }
-    let mut wrapped = 0;
-    for id in 0..model.nodes().len() {
-        let Some(op) = model.node(id).op_as::<OptMatMul>() else { continue };
-        if let Some(fused) = Q4MatVec::wrap(op) {
-            model.node_mut(id).op = Box::new(fused);
-            wrapped += 1;
-        }
-    }
-    Ok(wrapped)
+    super::tuning::replace_ops(model, Q4MatVec::wrap)
 }
 
 /// One product `c = W x` with a constant Q4_0 weight `W` (`m x k`, packed by tract) and the

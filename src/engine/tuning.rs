@@ -38,16 +38,26 @@ use tract_onnx::tract_core::ops::nn::{Softmax, SoftmaxKind};
 use tract_transformers::ops::apply_rope::ApplyRope;
 use tract_transformers::ops::scaled_masked_softmax::ScaledMaskedSoftmax;
 
-/// Replaces tract-transformers' `ApplyRope` nodes by [`FusedRope`]; returns how many.
-pub(super) fn fuse_rotary_embeddings(model: &mut TypedModel) -> TractResult<usize> {
+/// Swaps the op of every node of type `Theirs` for the one `ours` makes of it, where it makes
+/// one; returns how many were swapped. The passes here and in `q4_matvec` are all of this kind:
+/// same inputs, same outputs, another implementation.
+pub(super) fn replace_ops<Theirs: TypedOp, Ours: TypedOp>(
+    model: &mut TypedModel,
+    ours: impl Fn(&Theirs) -> Option<Ours>,
+) -> usize {
     let mut replaced = 0;
     for id in 0..model.nodes().len() {
-        if model.node(id).op_is::<ApplyRope>() {
-            model.node_mut(id).op = Box::new(FusedRope);
+        if let Some(op) = model.node(id).op_as::<Theirs>().and_then(&ours) {
+            model.node_mut(id).op = Box::new(op);
             replaced += 1;
         }
     }
-    Ok(replaced)
+    replaced
+}
+
+/// Replaces tract-transformers' `ApplyRope` nodes by [`FusedRope`]; returns how many.
+pub(super) fn fuse_rotary_embeddings(model: &mut TypedModel) -> usize {
+    replace_ops(model, |_: &ApplyRope| Some(FusedRope))
 }
 
 /// `x * cos + rotate_half(x) * sin` in one pass per row of the last axis, `cos` and `sin`
@@ -130,16 +140,8 @@ fn rope_row(out: &mut [f32], x: &[f32], cos: &[f32], sin: &[f32]) {
 
 /// Replaces tract-transformers' `ScaledMaskedSoftmax` nodes by [`FusedScaledMaskedSoftmax`];
 /// returns how many.
-pub(super) fn fuse_scaled_masked_softmaxes(model: &mut TypedModel) -> TractResult<usize> {
-    let mut replaced = 0;
-    for id in 0..model.nodes().len() {
-        if let Some(op) = model.node(id).op_as::<ScaledMaskedSoftmax>() {
-            let fused = FusedScaledMaskedSoftmax { inner: op.clone() };
-            model.node_mut(id).op = Box::new(fused);
-            replaced += 1;
-        }
-    }
-    Ok(replaced)
+pub(super) fn fuse_scaled_masked_softmaxes(model: &mut TypedModel) -> usize {
+    replace_ops(model, |op: &ScaledMaskedSoftmax| Some(FusedScaledMaskedSoftmax { inner: op.clone() }))
 }
 
 /// `softmax(scores * scale + mask)` over the last axis with an f32 mask broadcast to the scores,
