@@ -2,9 +2,9 @@
 //! layout) run by tract, with its tokenizer and a generation loop.
 //!
 //! The engine is single-threaded by design: one OS thread owns it (see `daemon::worker`).
-//! Inside a step, tract's thread pool parallelises the matrix products of a prompt chunk, and
-//! a [`spin_team::SpinTeam`] the 4-bit matrix-vector products of a decode step
-//! ([`q4_matvec`]).
+//! Inside a step, a [`spin_team::SpinTeam`] shares out the fused 4-bit products
+//! ([`q4_matvec`]): every decode step's, and a prompt chunk's where the CPU has AVX-512.
+//! Elsewhere tract's thread pool parallelises a prompt chunk's products.
 //!
 //! The KV cache lives inside tract's model state when tract-transformers recognises the
 //! `past -> Concat -> present` pattern, and is passed in and out explicitly otherwise. Either
@@ -188,7 +188,7 @@ pub struct Engine {
     plan: Arc<TypedRunnableModel>,
     /// tract's thread pool, for prompt chunks the team does not take (see `forward`).
     executor: Option<tract_linalg::multithread::Executor>,
-    /// Spinning helpers for the 4-bit products of a decode step (see `spin_team`).
+    /// Spinning helpers for the fused 4-bit products (see `spin_team`).
     team: Option<Arc<SpinTeam>>,
     io: ModelIo,
     tokenizer: Tokenizer,
@@ -355,12 +355,11 @@ impl Engine {
     ) -> Result<(), EngineError>
     where
         Eval: for<'a, 'b, 'c> FnMut(
-                &'a tract_onnx::tract_core::internal::EvalContext<'a>,
-                Option<&'b mut (dyn tract_onnx::tract_core::internal::OpState + 'static)>,
-                &'c TypedNode,
-                TVec<TValue>,
-            ) -> Result<TVec<TValue>, E>
-            + Send,
+            &'a tract_onnx::tract_core::internal::EvalContext<'a>,
+            Option<&'b mut (dyn tract_onnx::tract_core::internal::OpState + 'static)>,
+            &'c TypedNode,
+            TVec<TValue>,
+        ) -> Result<TVec<TValue>, E>,
         E: Into<anyhow::Error> + Send + Sync + 'static,
     {
         let past_len = seq.tokens.len();

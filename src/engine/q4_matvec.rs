@@ -74,8 +74,8 @@ impl Q4MatVec {
     }
 
     /// The activations as `n` rows of `k` floats (`(n, rows)`), if `b` holds one f32 matrix
-    /// packed by tract: panels of `r` columns, each `k` steps of `r` floats.
-    fn columns(&self, b: &TValue) -> Option<(usize, Vec<f32>)> {
+    /// packed by tract (panels of `r` columns, each `k` steps of `r` floats) and `wanted(n)`.
+    fn columns(&self, b: &TValue, wanted: impl Fn(usize) -> bool) -> Option<(usize, Vec<f32>)> {
         let packed = b.try_storage_as::<PackedMatrixStorage>().ok()?;
         if packed.values().len() != 1 {
             return None;
@@ -83,7 +83,7 @@ impl Q4MatVec {
         let value = packed.value().downcast_ref::<EagerPackedInput>()?;
         let format = value.fact.format.downcast_ref::<PackedFormat>()?;
         let (n, r, k) = (value.mn, format.r, value.fact.k);
-        if format.dt != f32::datum_type() || k != self.k || r == 0 || n == 0 {
+        if format.dt != f32::datum_type() || k != self.k || r == 0 || n == 0 || !wanted(n) {
             return None;
         }
         if value.panel_bytes % 4 != 0 || value.packed.len() < n.div_ceil(r) * value.panel_bytes {
@@ -125,8 +125,8 @@ impl EvalOp for Q4MatVec {
     fn eval(&self, ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let c_shape = self.inner.c_fact.shape.eval_to_usize(ctx.symbols)?;
         let team = super::spin_team::current();
-        let columns = inputs.get(self.b_input).and_then(|b| self.columns(b));
-        if let Some((n, rows)) = columns.filter(|(n, _)| self.handles(&c_shape, *n, team.as_deref())) {
+        let wanted = |n| self.handles(&c_shape, n, team.as_deref());
+        if let Some((n, rows)) = inputs.get(self.b_input).and_then(|b| self.columns(b, wanted)) {
             let padded = self.m.div_ceil(PANEL_ROWS) * PANEL_ROWS;
             let panels_bytes = &self.weight.packed[..padded / PANEL_ROWS * self.weight.panel_bytes];
             let mut by_panel = vec![0f32; padded * n];

@@ -164,7 +164,8 @@ impl EvalOp for FusedScaledMaskedSoftmax {
 
     fn eval(&self, ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let scale = self.inner.scale.cast_to_scalar::<f32>()?;
-        match (!self.inner.post_softmax_mask).then(|| masked_scores_f32(&inputs, scale)).transpose()?.flatten() {
+        let fused = if self.inner.post_softmax_mask { None } else { masked_scores_f32(&inputs, scale)? };
+        match fused {
             Some(scores) => {
                 let last_axis = scores.rank() - 1;
                 Softmax::new(tvec!(last_axis), None, SoftmaxKind::Softmax).eval(ctx, tvec!(scores.into_tvalue()))
