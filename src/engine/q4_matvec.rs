@@ -243,28 +243,12 @@ fn product_panel(panel: &[u8], k: usize, xs: &[f32], block_sums: &[f32], out: &m
     let n = xs.len() / k;
     #[cfg(target_arch = "x86_64")]
     if wide_kernel_available() {
-        let mut t = 0;
-        while t < n {
-            let tile = (n - t).min(8);
-            let (xs, sums, out) = (
-                &xs[t * k..(t + tile) * k],
-                &block_sums[t * blocks..(t + tile) * blocks],
-                &mut out[t * PANEL_ROWS..(t + tile) * PANEL_ROWS],
-            );
-            // SAFETY: the feature is present (checked) and the slices have the kernels' sizes.
-            unsafe {
-                match tile {
-                    8 => x86::panel_tile_avx512::<8>(panel, xs, sums, out),
-                    7 => x86::panel_tile_avx512::<7>(panel, xs, sums, out),
-                    6 => x86::panel_tile_avx512::<6>(panel, xs, sums, out),
-                    5 => x86::panel_tile_avx512::<5>(panel, xs, sums, out),
-                    4 => x86::panel_tile_avx512::<4>(panel, xs, sums, out),
-                    3 => x86::panel_tile_avx512::<3>(panel, xs, sums, out),
-                    2 => x86::panel_tile_avx512::<2>(panel, xs, sums, out),
-                    _ => x86::panel_avx512(panel, xs, sums, out),
-                }
+        // SAFETY: the feature is present (checked) and the slices have the kernels' sizes.
+        unsafe {
+            match n {
+                1 => x86::panel_avx512(panel, xs, block_sums, out),
+                _ => x86::panel_columns_avx512(panel, xs, block_sums, out),
             }
-            t += tile;
         }
         return;
     }
@@ -355,60 +339,91 @@ mod x86 {
         }
     }
 
-    /// [`panel_avx512`] for `T` columns at once: each position's weights are unpacked once and
-    /// meet the `T` columns' activations (`xs`: `T` rows of k, `block_sums`: `T` rows of k / 32,
-    /// `rows`: `T` rows of 32 outputs).
+    /// [`panel_avx512`] for `n` columns (`xs`: n rows of k, `block_sums`: n rows of k / 32,
+    /// `rows`: n rows of 32 outputs): each block of the panel is unpacked once, to 32 positions
+    /// of 32 floats, and then meets the columns eight at a time.
     ///
     /// # Safety
     /// The CPU has AVX-512F; the slices have the sizes above.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn panel_tile_avx512<const T: usize>(
-        panel: &[u8],
-        xs: &[f32],
-        block_sums: &[f32],
-        rows: &mut [f32],
-    ) {
-        let k = xs.len() / T;
+    pub(super) unsafe fn panel_columns_avx512(panel: &[u8], xs: &[f32], block_sums: &[f32], rows: &mut [f32]) {
+        let n = rows.len() / PANEL_ROWS;
+        let k = xs.len() / n.max(1);
         let blocks = k / BLOCK;
-        assert!(panel.len() == blocks * PANEL_BLOCK_BYTES && xs.len() == T * k && block_sums.len() == T * blocks);
-        assert!(rows.len() == T * PANEL_ROWS);
+        assert!(panel.len() == blocks * PANEL_BLOCK_BYTES && xs.len() == n * k && block_sums.len() == n * blocks);
+        assert!(rows.len() == n * PANEL_ROWS);
         let low = _mm512_set1_epi32(0x0f);
-        // The outputs change once per block: they live in `rows`, the block's sums in registers.
+        // The outputs change once per block: they live in `rows`, a tile's sums in registers.
         rows.fill(0.0);
+        let mut weights = [_mm512_setzero_ps(); 2 * BLOCK];
         for (blk, bytes) in panel.chunks_exact(PANEL_BLOCK_BYTES).enumerate() {
             let (scales, nibbles) = bytes.split_at(PANEL_ROWS * 2);
-            let x: [&[f32]; T] = std::array::from_fn(|t| &xs[t * k + blk * BLOCK..][..BLOCK]);
-            let mut acc_lo = [_mm512_setzero_ps(); T];
-            let mut acc_hi = [_mm512_setzero_ps(); T];
             for (pos, bytes) in nibbles.chunks_exact(16).enumerate() {
                 // SAFETY: `bytes` is 16 bytes long.
                 let v = _mm512_cvtepu8_epi32(unsafe { _mm_loadu_si128(bytes.as_ptr() as *const __m128i) });
-                let w_lo = _mm512_cvtepi32_ps(_mm512_and_si512(v, low));
-                let w_hi = _mm512_cvtepi32_ps(_mm512_srli_epi32::<4>(v));
-                for t in 0..T {
-                    let xv = _mm512_set1_ps(x[t][pos]);
-                    acc_lo[t] = _mm512_fmadd_ps(w_lo, xv, acc_lo[t]);
-                    acc_hi[t] = _mm512_fmadd_ps(w_hi, xv, acc_hi[t]);
-                }
+                weights[2 * pos] = _mm512_cvtepi32_ps(_mm512_and_si512(v, low));
+                weights[2 * pos + 1] = _mm512_cvtepi32_ps(_mm512_srli_epi32::<4>(v));
             }
             // SAFETY: `scales` is 64 bytes long: 32 f16.
-            let (scale_lo, scale_hi) = unsafe {
-                (
+            let scales = unsafe {
+                [
                     _mm512_cvtph_ps(_mm256_loadu_si256(scales.as_ptr() as *const __m256i)),
                     _mm512_cvtph_ps(_mm256_loadu_si256(scales.as_ptr().add(32) as *const __m256i)),
-                )
+                ]
             };
+            let mut t = 0;
+            while t < n {
+                let tile = (n - t).min(8);
+                let block = Block { weights: &weights, scales, xs, block_sums, k, blk };
+                let rows = &mut rows[t * PANEL_ROWS..(t + tile) * PANEL_ROWS];
+                match tile {
+                    8 => block.tile::<8>(t, rows),
+                    7 => block.tile::<7>(t, rows),
+                    6 => block.tile::<6>(t, rows),
+                    5 => block.tile::<5>(t, rows),
+                    4 => block.tile::<4>(t, rows),
+                    3 => block.tile::<3>(t, rows),
+                    2 => block.tile::<2>(t, rows),
+                    _ => block.tile::<1>(t, rows),
+                }
+                t += tile;
+            }
+        }
+    }
+
+    /// One unpacked block of a panel and what the columns need of it.
+    struct Block<'a> {
+        weights: &'a [__m512; 2 * BLOCK],
+        scales: [__m512; 2],
+        xs: &'a [f32],
+        block_sums: &'a [f32],
+        k: usize,
+        blk: usize,
+    }
+
+    impl Block<'_> {
+        /// Columns `first..first + T` times the block, added to their `rows` (T rows of 32).
+        #[target_feature(enable = "avx512f")]
+        fn tile<const T: usize>(&self, first: usize, rows: &mut [f32]) {
+            let blocks = self.k / BLOCK;
+            let x: [&[f32]; T] = std::array::from_fn(|t| &self.xs[(first + t) * self.k + self.blk * BLOCK..][..BLOCK]);
+            let mut acc = [[_mm512_setzero_ps(); 2]; T];
+            for (pos, w) in self.weights.chunks_exact(2).enumerate() {
+                for (acc, x) in acc.iter_mut().zip(&x) {
+                    let xv = _mm512_set1_ps(x[pos]);
+                    acc[0] = _mm512_fmadd_ps(w[0], xv, acc[0]);
+                    acc[1] = _mm512_fmadd_ps(w[1], xv, acc[1]);
+                }
+            }
             for (t, row) in rows.chunks_exact_mut(PANEL_ROWS).enumerate() {
-                let offset = _mm512_set1_ps(8.0 * block_sums[t * blocks + blk]);
-                // SAFETY: `row` is 32 floats long.
-                unsafe {
-                    let lo = _mm512_loadu_ps(row.as_ptr());
-                    let hi = _mm512_loadu_ps(row.as_ptr().add(16));
-                    _mm512_storeu_ps(row.as_mut_ptr(), _mm512_fmadd_ps(_mm512_sub_ps(acc_lo[t], offset), scale_lo, lo));
-                    _mm512_storeu_ps(
-                        row.as_mut_ptr().add(16),
-                        _mm512_fmadd_ps(_mm512_sub_ps(acc_hi[t], offset), scale_hi, hi),
-                    );
+                let offset = _mm512_set1_ps(8.0 * self.block_sums[(first + t) * blocks + self.blk]);
+                for (half, row) in row.chunks_exact_mut(16).enumerate() {
+                    // SAFETY: `row` is 16 floats long.
+                    unsafe {
+                        let sum = _mm512_loadu_ps(row.as_ptr());
+                        let scaled = _mm512_fmadd_ps(_mm512_sub_ps(acc[t][half], offset), self.scales[half], sum);
+                        _mm512_storeu_ps(row.as_mut_ptr(), scaled);
+                    }
                 }
             }
         }
