@@ -152,8 +152,9 @@ impl EvalOp for Q4MatVec {
 impl Q4MatVec {
     /// Whether the fused kernels take a product of `n` columns into an output of `c_shape`
     /// (nothing but m and n in it): one column always; several with AVX-512 and a team to
-    /// share them with. On one thread tract's own tiles are faster for a prompt chunk (by a
-    /// fifth, measured), but they gain nothing from a second thread here and ours do.
+    /// share them with. On one thread tract's own tiles were a fifth faster for a prompt chunk
+    /// than our first tiles (not re-measured since blocks are unpacked once per chunk), but
+    /// they gained nothing from a second thread here and ours do.
     fn handles(&self, c_shape: &[usize], n: usize, team: Option<&SpinTeam>) -> bool {
         let several_ok = wide_kernel_available() && team.is_some_and(|team| team.threads() > 1);
         let m_ok = self.inner.c_m_axis.is_some_and(|ax| c_shape.get(ax) == Some(&self.m));
