@@ -14,6 +14,7 @@
 //! low nibbles are rows 0..16 and high nibbles rows 16..32, each value `(nibble - 8) * scale`.
 
 use super::spin_team::SpinTeam;
+use std::borrow::Cow;
 use tract_linalg::block_quant::{PackedBlockQuantFormat, Q4_0};
 use tract_linalg::mmm::{EagerPackedInput, PackedMatrixStorage};
 use tract_linalg::pack::PackedFormat;
@@ -64,6 +65,7 @@ impl Q4MatVec {
         let (m, k) = (weight.mn, weight.fact.k);
         let panels = m.div_ceil(PANEL_ROWS);
         if *format != expected
+            || m == 0
             || k % BLOCK != 0
             || weight.panel_bytes != k / BLOCK * PANEL_BLOCK_BYTES
             || weight.packed.len() < panels * weight.panel_bytes
@@ -73,9 +75,9 @@ impl Q4MatVec {
         Some(Q4MatVec { inner: op.clone(), weight: weight.clone(), b_input: *b_input, m, k })
     }
 
-    /// The activations as `n` rows of `k` floats (`(n, rows)`), if `b` holds one f32 matrix
-    /// packed by tract (panels of `r` columns, each `k` steps of `r` floats) and `wanted(n)`.
-    fn columns(&self, b: &TValue, wanted: impl Fn(usize) -> bool) -> Option<(usize, Vec<f32>)> {
+    /// The activations in place, if `b` holds one f32 matrix packed by tract (panels of `r`
+    /// columns, each `k` steps of `r` floats) and `wanted(n)`.
+    fn columns<'a>(&self, b: &'a TValue, wanted: impl Fn(usize) -> bool) -> Option<Columns<'a>> {
         let packed = b.try_storage_as::<PackedMatrixStorage>().ok()?;
         if packed.values().len() != 1 {
             return None;
@@ -89,20 +91,133 @@ impl Q4MatVec {
         if value.panel_bytes % 4 != 0 || value.packed.len() < n.div_ceil(r) * value.panel_bytes {
             return None;
         }
-        let floats: Vec<f32> =
-            value.packed.chunks_exact(4).map(|b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]])).collect();
-        let panel_floats = value.panel_bytes / 4;
-        if panel_floats < k * r {
-            return None;
+        let bytes = &value.packed[..n.div_ceil(r) * value.panel_bytes];
+        // SAFETY: any four bytes are an f32; the slice is only used when aligned.
+        let data = match unsafe { bytes.align_to::<f32>() } {
+            (&[], floats, &[]) => Cow::Borrowed(floats),
+            _ => Cow::Owned(bytes.chunks_exact(4).map(|b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]])).collect()),
+        };
+        Columns::new(data, n, k, r, value.panel_bytes / 4)
+    }
+}
+
+/// `n` columns of `k` activations (one per token) laid out as tract packs them: panels of `r`
+/// columns, each `k` steps of `r` floats, `panel_floats` apart. Read where they are, since a
+/// copy of a prompt chunk's activations cost more than a tenth of its products.
+struct Columns<'a> {
+    data: Cow<'a, [f32]>,
+    n: usize,
+    k: usize,
+    r: usize,
+    panel_floats: usize,
+}
+
+impl<'a> Columns<'a> {
+    fn new(data: Cow<'a, [f32]>, n: usize, k: usize, r: usize, panel_floats: usize) -> Option<Columns<'a>> {
+        let fits = n > 0 && r > 0 && panel_floats >= k * r && data.len() >= n.div_ceil(r) * panel_floats;
+        fits.then_some(Columns { data, n, k, r, panel_floats })
+    }
+
+    /// `n` rows of `k` floats, one after the other.
+    #[cfg(test)]
+    fn contiguous(rows: &'a [f32], n: usize, k: usize) -> Option<Columns<'a>> {
+        Columns::new(Cow::Borrowed(rows), n, k, 1, k)
+    }
+
+    /// Where column `t` starts; its values are `r` apart.
+    fn start(&self, t: usize) -> usize {
+        t / self.r * self.panel_floats + t % self.r
+    }
+
+    /// The columns as `n` rows of `k`, for the kernels that read one column at a time: in
+    /// place when tract packed them one per panel (a decode step).
+    fn rows(&self) -> Cow<'_, [f32]> {
+        if self.r == 1 && (self.n == 1 || self.panel_floats == self.k) {
+            return Cow::Borrowed(&self.data[..(self.n - 1) * self.panel_floats + self.k]);
         }
-        let mut rows = vec![0f32; n * k];
-        for (t, row) in rows.chunks_exact_mut(k).enumerate() {
-            let panel = &floats[t / r * panel_floats..][..k * r];
-            for (x, step) in row.iter_mut().zip(panel.chunks_exact(r)) {
-                *x = step[t % r];
+        let mut rows = vec![0f32; self.n * self.k];
+        for (t, row) in rows.chunks_exact_mut(self.k).enumerate() {
+            let column = &self.data[self.start(t)..];
+            for (i, x) in row.iter_mut().enumerate() {
+                *x = column[i * self.r];
             }
         }
-        Some((n, rows))
+        Cow::Owned(rows)
+    }
+
+    /// The sum of each block of 32 values: `n` rows of `k / 32`. A panel's `r` columns are
+    /// summed side by side, as they lie.
+    fn block_sums(&self) -> Vec<f32> {
+        let blocks = self.k / BLOCK;
+        if self.r == 1 {
+            let column = |t| &self.data[self.start(t)..][..self.k];
+            return (0..self.n).flat_map(|t| column(t).chunks_exact(BLOCK).map(|b| b.iter().sum())).collect();
+        }
+        let mut sums = vec![0f32; self.n * blocks];
+        let mut acc = vec![0f32; self.r];
+        for first in (0..self.n).step_by(self.r) {
+            let width = self.r.min(self.n - first);
+            let panel = &self.data[self.start(first)..][..self.k * self.r];
+            for (blk, block) in panel.chunks_exact(BLOCK * self.r).enumerate() {
+                acc.fill(0.0);
+                for step in block.chunks_exact(self.r) {
+                    for (a, x) in acc[..width].iter_mut().zip(&step[..width]) {
+                        *a += x;
+                    }
+                }
+                for (c, a) in acc[..width].iter().enumerate() {
+                    sums[(first + c) * blocks + blk] = *a;
+                }
+            }
+        }
+        sums
+    }
+}
+
+/// The product's output tensor, `n` rows of `m` at the given strides, written panel by panel
+/// from several threads: each panel's 32 outputs of every row go to places no other panel's do.
+struct Outputs<'a> {
+    ptr: *mut f32,
+    borrow: std::marker::PhantomData<&'a mut [f32]>,
+    len: usize,
+    m: usize,
+    n: usize,
+    stride_m: usize,
+    stride_n: usize,
+}
+
+// SAFETY: threads write disjoint elements (`store_panel`), and the owner waits for them all.
+unsafe impl Sync for Outputs<'_> {}
+
+impl<'a> Outputs<'a> {
+    fn new(out: &'a mut [f32], m: usize, n: usize, stride_m: usize, stride_n: usize) -> Outputs<'a> {
+        assert!(m > 0 && n > 0 && (m - 1) * stride_m + (n - 1) * stride_n < out.len());
+        Outputs { ptr: out.as_mut_ptr(), borrow: std::marker::PhantomData, len: out.len(), m, n, stride_m, stride_n }
+    }
+
+    /// Stores panel `p`'s outputs (`n` rows of 32, padding rows beyond `m` left out).
+    ///
+    /// # Safety
+    /// No other thread stores the same panel at the same time.
+    unsafe fn store_panel(&self, p: usize, rows: &[f32]) {
+        assert_eq!(rows.len(), self.n * PANEL_ROWS);
+        let valid = PANEL_ROWS.min(self.m.saturating_sub(p * PANEL_ROWS));
+        for (t, row) in rows.chunks_exact(PANEL_ROWS).enumerate() {
+            let first = t * self.stride_n + p * PANEL_ROWS * self.stride_m;
+            if self.stride_m == 1 {
+                debug_assert!(first + valid <= self.len);
+                // SAFETY: as below, for the `valid` elements from `first`.
+                unsafe { self.ptr.add(first).copy_from_nonoverlapping(row.as_ptr(), valid) };
+                continue;
+            }
+            for (i, &v) in row[..valid].iter().enumerate() {
+                let at = first + i * self.stride_m;
+                debug_assert!(at < self.len);
+                // SAFETY: `at` is inside the buffer (checked in `new`, as t < n and row < m) and
+                // only this panel's store writes it.
+                unsafe { *self.ptr.add(at) = v };
+            }
+        }
     }
 }
 
@@ -126,24 +241,23 @@ impl EvalOp for Q4MatVec {
         let c_shape = self.inner.c_fact.shape.eval_to_usize(ctx.symbols)?;
         let team = super::spin_team::current();
         let wanted = |n| self.handles(&c_shape, n, team.as_deref());
-        if let Some((n, rows)) = inputs.get(self.b_input).and_then(|b| self.columns(b, wanted)) {
-            let padded = self.m.div_ceil(PANEL_ROWS) * PANEL_ROWS;
-            let panels_bytes = &self.weight.packed[..padded / PANEL_ROWS * self.weight.panel_bytes];
-            let mut by_panel = vec![0f32; padded * n];
-            product(panels_bytes, self.k, &rows, n, &mut by_panel, team.as_deref());
-            // `by_panel` holds, panel after panel, n rows of 32 outputs; `c` wants tract's strides.
+        if let Some(columns) = inputs.get(self.b_input).and_then(|b| self.columns(b, wanted)) {
+            let n = columns.n;
+            let panels = &self.weight.packed[..self.m.div_ceil(PANEL_ROWS) * self.weight.panel_bytes];
             let strides = Tensor::natural_strides(&c_shape);
-            let stride_m = self.inner.c_m_axis.map(|ax| strides[ax] as usize).unwrap_or(0);
-            let stride_n = self.inner.c_n_axis.map(|ax| strides[ax] as usize).unwrap_or(0);
-            let mut c = vec![0f32; self.m * n];
-            for (p, panel) in by_panel.chunks_exact(n * PANEL_ROWS).enumerate() {
-                for (t, outputs) in panel.chunks_exact(PANEL_ROWS).enumerate() {
-                    for (i, &v) in outputs.iter().enumerate().take(self.m.saturating_sub(p * PANEL_ROWS)) {
-                        c[t * stride_n + (p * PANEL_ROWS + i) * stride_m] = v;
-                    }
-                }
-            }
-            return Ok(tvec!(Tensor::from_shape(&c_shape, &c)?.into_tvalue()));
+            let stride_of = |axis: Option<usize>| axis.map(|ax| strides[ax] as usize).unwrap_or(0);
+            // SAFETY: `product` writes every element: all n rows of the m outputs.
+            let mut c = unsafe { Tensor::uninitialized::<f32>(&c_shape)? };
+            let mut view = c.try_as_plain_ram_mut()?;
+            let outputs = Outputs::new(
+                view.as_slice_mut::<f32>()?,
+                self.m,
+                n,
+                stride_of(self.inner.c_m_axis),
+                stride_of(self.inner.c_n_axis),
+            );
+            product(panels, &columns, &outputs, team.as_deref());
+            return Ok(tvec!(c.into_tvalue()));
         }
         self.inner.eval(ctx, inputs)
     }
@@ -202,60 +316,64 @@ pub(super) fn wide_kernel_available() -> bool {
     }
 }
 
-/// `out = W x` for `n` columns `x` (`xs`, `n` rows of `k`) over whole panels; `out` holds,
-/// panel after panel, `n` rows of 32 outputs. The panels are shared out over `team` when there
-/// is one and the product is large enough.
-fn product(panels: &[u8], k: usize, xs: &[f32], n: usize, out: &mut [f32], team: Option<&SpinTeam>) {
-    let blocks = k / BLOCK;
-    let panel_bytes = blocks * PANEL_BLOCK_BYTES;
-    debug_assert_eq!(xs.len(), n * k);
-    debug_assert_eq!(panels.len() / panel_bytes * n * PANEL_ROWS, out.len());
+/// `W x` for the `n` columns into `outputs`, over whole panels, shared out over `team` when
+/// there is one and the product is large enough.
+fn product(panels: &[u8], columns: &Columns, outputs: &Outputs, team: Option<&SpinTeam>) {
+    let (n, k) = (columns.n, columns.k);
+    let panel_bytes = k / BLOCK * PANEL_BLOCK_BYTES;
+    let n_panels = panels.len() / panel_bytes;
+    debug_assert_eq!(n, outputs.n);
+    debug_assert_eq!(n_panels, outputs.m.div_ceil(PANEL_ROWS));
     // sum(nibble * x) - 8 * sum(x) per block: the offset leaves the inner loop.
-    let block_sums: Vec<f32> = xs.chunks_exact(BLOCK).map(|b| b.iter().sum()).collect();
-    let run = |panels: &[u8], out: &mut [f32]| {
-        for (panel, rows) in panels.chunks_exact(panel_bytes).zip(out.chunks_exact_mut(n * PANEL_ROWS)) {
-            product_panel(panel, k, xs, &block_sums, rows);
+    let block_sums = columns.block_sums();
+    let several = n > 1 && wide_kernel_available();
+    let rows = if several { Cow::Borrowed(&[][..]) } else { columns.rows() };
+    let run = |first: usize, count: usize| {
+        let mut out = vec![0f32; n * PANEL_ROWS];
+        for p in first..(first + count).min(n_panels) {
+            let panel = &panels[p * panel_bytes..][..panel_bytes];
+            if several {
+                product_columns(panel, columns, &block_sums, &mut out);
+            } else {
+                product_panel(panel, k, &rows, &block_sums, &mut out);
+            }
+            // SAFETY: each panel is stored by the one part that holds it.
+            unsafe { outputs.store_panel(p, &out) };
         }
     };
     match team {
-        Some(team) if team.threads() > 1 && out.len() * k >= PARALLEL_MIN_MACS => {
-            let n_panels = panels.len() / panel_bytes;
+        Some(team) if team.threads() > 1 && n_panels * PANEL_ROWS * n * k >= PARALLEL_MIN_MACS => {
             let per_part = n_panels.div_ceil(team.threads());
-            let parts: Vec<std::sync::Mutex<(&[u8], &mut [f32])>> = panels
-                .chunks(per_part * panel_bytes)
-                .zip(out.chunks_mut(per_part * n * PANEL_ROWS))
-                .map(std::sync::Mutex::new)
-                .collect();
-            team.run(&|i| {
-                if let Some(part) = parts.get(i) {
-                    let mut part = part.lock().unwrap_or_else(|e| e.into_inner());
-                    let (panels, out) = &mut *part;
-                    run(panels, out);
-                }
-            });
+            team.run(&|i| run(i * per_part, per_part));
         }
-        _ => run(panels, out),
+        _ => run(0, n_panels),
     }
 }
 
-/// One panel times `n` columns: `out` gets `n` rows of 32.
-fn product_panel(panel: &[u8], k: usize, xs: &[f32], block_sums: &[f32], out: &mut [f32]) {
-    let blocks = k / BLOCK;
-    let n = xs.len() / k;
+/// One panel times the columns, with the AVX-512 kernel for several: `out` gets `n` rows of 32.
+fn product_columns(panel: &[u8], columns: &Columns, block_sums: &[f32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if wide_kernel_available() {
-        // SAFETY: the feature is present (checked) and the slices have the kernels' sizes.
-        unsafe {
-            match n {
-                1 => x86::panel_avx512(panel, xs, block_sums, out),
-                _ => x86::panel_columns_avx512(panel, xs, block_sums, out),
-            }
-        }
+        // SAFETY: the feature is present (checked) and the slices have the kernel's sizes.
+        unsafe { x86::panel_columns_avx512(panel, columns, block_sums, out) };
         return;
     }
+    let rows = columns.rows();
+    product_panel(panel, columns.k, &rows, block_sums, out);
+}
+
+/// One panel times `n` columns given as rows of `k` (`xs`): `out` gets `n` rows of 32.
+fn product_panel(panel: &[u8], k: usize, xs: &[f32], block_sums: &[f32], out: &mut [f32]) {
+    let blocks = k / BLOCK;
     for ((x, sums), out) in
         xs.chunks_exact(k).zip(block_sums.chunks_exact(blocks)).zip(out.chunks_exact_mut(PANEL_ROWS))
     {
+        #[cfg(target_arch = "x86_64")]
+        if wide_kernel_available() {
+            // SAFETY: the feature is present (checked) and the slices have the kernel's sizes.
+            unsafe { x86::panel_avx512(panel, x, sums, out) };
+            continue;
+        }
         #[cfg(target_arch = "x86_64")]
         if kernel_available() {
             // SAFETY: the features are present (checked) and the slices have the kernel's sizes.
@@ -287,7 +405,7 @@ fn panel_scalar(panel: &[u8], x: &[f32], block_sums: &[f32], rows: &mut [f32]) {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{BLOCK, PANEL_BLOCK_BYTES, PANEL_ROWS};
+    use super::{BLOCK, Columns, PANEL_BLOCK_BYTES, PANEL_ROWS};
     use std::arch::x86_64::*;
 
     /// [`super::panel_avx2`] with sixteen rows per register: per position, 16 bytes widen to
@@ -340,18 +458,17 @@ mod x86 {
         }
     }
 
-    /// [`panel_avx512`] for `n` columns (`xs`: n rows of k, `block_sums`: n rows of k / 32,
-    /// `rows`: n rows of 32 outputs): each block of the panel is unpacked once, to 32 positions
-    /// of 32 floats, and then meets the columns eight at a time.
+    /// [`panel_avx512`] for `n` columns (`block_sums`: n rows of k / 32, `rows`: n rows of 32
+    /// outputs): each block of the panel is unpacked once, to 32 positions of 32 floats, and
+    /// then meets the columns eight at a time.
     ///
     /// # Safety
     /// The CPU has AVX-512F; the slices have the sizes above.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn panel_columns_avx512(panel: &[u8], xs: &[f32], block_sums: &[f32], rows: &mut [f32]) {
-        let n = rows.len() / PANEL_ROWS;
-        let k = xs.len() / n.max(1);
+    pub(super) unsafe fn panel_columns_avx512(panel: &[u8], columns: &Columns, block_sums: &[f32], rows: &mut [f32]) {
+        let (n, k) = (columns.n, columns.k);
         let blocks = k / BLOCK;
-        assert!(panel.len() == blocks * PANEL_BLOCK_BYTES && xs.len() == n * k && block_sums.len() == n * blocks);
+        assert!(panel.len() == blocks * PANEL_BLOCK_BYTES && block_sums.len() == n * blocks);
         assert!(rows.len() == n * PANEL_ROWS);
         let low = _mm512_set1_epi32(0x0f);
         // The outputs change once per block: they live in `rows`, a tile's sums in registers.
@@ -372,22 +489,26 @@ mod x86 {
                     _mm512_cvtph_ps(_mm256_loadu_si256(scales.as_ptr().add(32) as *const __m256i)),
                 ]
             };
-            let mut t = 0;
-            while t < n {
-                let tile = (n - t).min(8);
-                let block = Block { weights: &weights, scales, xs, block_sums, k, blk };
-                let rows = &mut rows[t * PANEL_ROWS..(t + tile) * PANEL_ROWS];
-                match tile {
-                    8 => block.tile::<8>(t, rows),
-                    7 => block.tile::<7>(t, rows),
-                    6 => block.tile::<6>(t, rows),
-                    5 => block.tile::<5>(t, rows),
-                    4 => block.tile::<4>(t, rows),
-                    3 => block.tile::<3>(t, rows),
-                    2 => block.tile::<2>(t, rows),
-                    _ => block.tile::<1>(t, rows),
+            // Tiles of up to eight columns that lie side by side, in one of tract's panels.
+            let block = Block { weights: &weights, scales, columns, block_sums, blk };
+            for panel_first in (0..n).step_by(columns.r) {
+                let panel_end = n.min(panel_first + columns.r);
+                let mut t = panel_first;
+                while t < panel_end {
+                    let tile = (panel_end - t).min(8);
+                    let rows = &mut rows[t * PANEL_ROWS..(t + tile) * PANEL_ROWS];
+                    match tile {
+                        8 => block.tile::<8>(t, rows),
+                        7 => block.tile::<7>(t, rows),
+                        6 => block.tile::<6>(t, rows),
+                        5 => block.tile::<5>(t, rows),
+                        4 => block.tile::<4>(t, rows),
+                        3 => block.tile::<3>(t, rows),
+                        2 => block.tile::<2>(t, rows),
+                        _ => block.tile::<1>(t, rows),
+                    }
+                    t += tile;
                 }
-                t += tile;
             }
         }
     }
@@ -396,22 +517,27 @@ mod x86 {
     struct Block<'a> {
         weights: &'a [__m512; 2 * BLOCK],
         scales: [__m512; 2],
-        xs: &'a [f32],
+        columns: &'a Columns<'a>,
         block_sums: &'a [f32],
-        k: usize,
         blk: usize,
     }
 
     impl Block<'_> {
-        /// Columns `first..first + T` times the block, added to their `rows` (T rows of 32).
+        /// Columns `first..first + T`, side by side in one of tract's panels, times the block,
+        /// added to their `rows` (T rows of 32).
         #[target_feature(enable = "avx512f")]
         fn tile<const T: usize>(&self, first: usize, rows: &mut [f32]) {
-            let blocks = self.k / BLOCK;
-            let x: [&[f32]; T] = std::array::from_fn(|t| &self.xs[(first + t) * self.k + self.blk * BLOCK..][..BLOCK]);
+            let columns = self.columns;
+            let (step, blocks) = (columns.r, columns.k / BLOCK);
+            assert!(first % step + T <= step);
+            // The tile's values of this block: position `pos` of column `first + t` at `pos * step + t`.
+            let x = &columns.data[columns.start(first) + self.blk * BLOCK * step..][..(BLOCK - 1) * step + T];
             let mut acc = [[_mm512_setzero_ps(); 2]; T];
             for (pos, w) in self.weights.chunks_exact(2).enumerate() {
-                for (acc, x) in acc.iter_mut().zip(&x) {
-                    let xv = _mm512_set1_ps(x[pos]);
+                // SAFETY: pos < 32 and t < T, so `pos * step + t` is inside `x`.
+                let x = unsafe { x.as_ptr().add(pos * step) };
+                for (t, acc) in acc.iter_mut().enumerate() {
+                    let xv = _mm512_set1_ps(unsafe { *x.add(t) });
                     acc[0] = _mm512_fmadd_ps(w[0], xv, acc[0]);
                     acc[1] = _mm512_fmadd_ps(w[1], xv, acc[1]);
                 }
@@ -557,18 +683,37 @@ mod tests {
                 }
             }
             // Several columns: column t is x scaled by (t + 1), so its products are expected's.
+            // They come as rows, or packed in panels of 16 as tract does, with NaN in the
+            // padding, which must not be read; the outputs go to rows of m, or transposed.
             let team = SpinTeam::new(2)?;
-            for n in [1, 2, 3, 5, 8, 13] {
+            for n in [1usize, 2, 3, 5, 8, 13, 17] {
                 let xs: Vec<f32> = (0..n).flat_map(|t| x.iter().map(move |v| v * (t + 1) as f32)).collect();
-                for (label, team) in [("one thread", None), ("two threads", Some(&team))] {
-                    let mut out = vec![0f32; panels * n * PANEL_ROWS];
-                    product(weights, k, &xs, n, &mut out, team);
-                    for (p, panel) in out.chunks_exact(n * PANEL_ROWS).enumerate() {
-                        for (t, rows) in panel.chunks_exact(PANEL_ROWS).enumerate() {
-                            for (i, &got) in rows.iter().enumerate().filter(|(i, _)| p * PANEL_ROWS + i < m) {
-                                let want = expected[p * PANEL_ROWS + i] * (t + 1) as f64;
+                let r = 16;
+                let mut packed_xs = vec![f32::NAN; n.div_ceil(r) * k * r];
+                for (t, row) in xs.chunks_exact(k).enumerate() {
+                    for (i, &v) in row.iter().enumerate() {
+                        packed_xs[t / r * k * r + i * r + t % r] = v;
+                    }
+                }
+                let layouts = [
+                    ("rows", Columns::contiguous(&xs, n, k).expect("fits")),
+                    ("packed", Columns::new(Cow::Borrowed(&packed_xs), n, k, r, k * r).expect("fits")),
+                ];
+                for ((layout, columns), (label, team)) in
+                    layouts.iter().flat_map(|l| [(l, ("one thread", None)), (l, ("two threads", Some(&team)))])
+                {
+                    for (stride_m, stride_n) in [(1, m), (n, 1)] {
+                        let mut out = vec![f32::NAN; m * n];
+                        product(weights, columns, &Outputs::new(&mut out, m, n, stride_m, stride_n), team);
+                        for t in 0..n {
+                            for (row, expected) in expected.iter().enumerate() {
+                                let got = out[t * stride_n + row * stride_m] as f64;
+                                let want = expected * (t + 1) as f64;
                                 let tolerance = 1e-4 * (1.0 + want.abs());
-                                assert!((got as f64 - want).abs() < tolerance, "{n} columns, {label}: {got} vs {want}");
+                                assert!(
+                                    (got - want).abs() < tolerance,
+                                    "{n} columns as {layout}, {label}, stride_m {stride_m}: {got} vs {want}"
+                                );
                             }
                         }
                     }
