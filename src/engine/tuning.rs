@@ -268,10 +268,7 @@ impl EvalOp for SameShapeBinary {
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let [a, b]: [TValue; 2] =
             inputs.into_iter().collect::<Vec<_>>().try_into().map_err(|_| anyhow::anyhow!("two inputs expected"))?;
-        let natural = |t: &Tensor| {
-            t.len() == t.shape().iter().product::<usize>() && *t.strides() == *Tensor::natural_strides(t.shape())
-        };
-        if a.shape() != b.shape() || a.datum_type() != b.datum_type() || !natural(&a) || !natural(&b) {
+        if !elementwise_as_slices(&a, &b) {
             let dt = self.binop.result_datum_type(a.datum_type(), b.datum_type())?;
             return Ok(tvec!(self.binop.eval(a, b, dt)?.into_tvalue()));
         }
@@ -279,6 +276,17 @@ impl EvalOp for SameShapeBinary {
         tract_linalg::multithread::par_bin(&*self.kernel, &mut a, &b, b.len(), BShare::Lockstep)?;
         Ok(tvec!(a.into_tvalue()))
     }
+}
+
+/// Whether `a` and `b` are the same shape and type laid out alike in one block each, so that
+/// the kernel can take them as two flat slices. An axis of length one may have any stride
+/// (tract's AddAxis leaves the next axis's there).
+fn elementwise_as_slices(a: &Tensor, b: &Tensor) -> bool {
+    let natural = |t: &Tensor| {
+        let mut strides = t.shape().iter().zip(t.strides()).zip(Tensor::natural_strides(t.shape()));
+        t.len() == t.shape().iter().product::<usize>() && strides.all(|((&dim, &s), n)| dim == 1 || s == n)
+    };
+    a.shape() == b.shape() && a.datum_type() == b.datum_type() && natural(a) && natural(b)
 }
 
 impl TypedOp for SameShapeBinary {
@@ -337,6 +345,30 @@ mod tests {
             |t: &Tensor| -> TractResult<Vec<f32>> { Ok(t.to_plain_array_view::<f32>()?.iter().copied().collect()) };
         let expected: Vec<f32> = flat(&a)?.iter().zip(flat(&b)?).map(|(x, y)| (x + y) * y).collect();
         assert_eq!(flat(&out[0])?, expected);
+        Ok(())
+    }
+
+    /// A tensor whose axis of length one has an odd stride, as tract's AddAxis leaves it, still
+    /// goes to the vectorised kernel (the residual adds of a prompt chunk did not, and took five
+    /// times longer), and the sum is right; two shapes that differ do not.
+    #[test]
+    fn odd_strides_on_unit_axes_stay_on_the_vectorised_path() -> TractResult<()> {
+        let binop = add().0;
+        let linalg_op = binop.as_linalg_binop().expect("add has a kernel");
+        let kernel = Func::BinUnicast(linalg_op).bin(f32::datum_type()).expect("an f32 kernel");
+        let op = SameShapeBinary { binop, kernel: Arc::from(kernel) };
+        let values = |shape: &[usize], seed: f32| -> TractResult<Tensor> {
+            Tensor::from_shape(shape, &(0..48).map(|i| seed + i as f32).collect::<Vec<_>>())
+        };
+        let a = values(&[1, 6, 8], 0.5)?;
+        let mut b = values(&[6, 8], -2.0)?;
+        b.insert_axis(0)?;
+        assert_eq!(b.strides(), &[8, 8, 1]);
+        assert!(elementwise_as_slices(&a, &b) && elementwise_as_slices(&b, &a));
+        assert!(!elementwise_as_slices(&a, &values(&[6, 8], 0.0)?));
+        let expected: Vec<f32> = (0..48).map(|i| (0.5 + i as f32) + (-2.0 + i as f32)).collect();
+        let out = op.eval(&EvalContext::out_of_plan(), tvec!(b.into_tvalue(), a.into_tvalue()))?.remove(0);
+        assert_eq!(out.to_plain_array_view::<f32>()?.iter().copied().collect::<Vec<_>>(), expected);
         Ok(())
     }
 
