@@ -5,7 +5,7 @@
 //! reads it back. On a decode step these products are three quarters of the time.
 //! [`accelerate_q4_matvecs`] wraps each in [`Q4MatVec`], which reads tract's own packed panels
 //! and multiplies as it unpacks: one column (a decode step) with AVX2 or AVX-512, several (a
-//! prompt chunk) with AVX-512 when a [`SpinTeam`] shares the panels out. Anything else goes to
+//! prompt chunk) with AVX-512, the panels shared out over a [`SpinTeam`] when there is one. Anything else goes to
 //! the wrapped tract op unchanged, and so does everything on other CPUs (aarch64 included: it
 //! has no kernel here yet). The weights are not copied.
 //!
@@ -240,7 +240,7 @@ impl EvalOp for Q4MatVec {
     fn eval(&self, ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let c_shape = self.inner.c_fact.shape.eval_to_usize(ctx.symbols)?;
         let team = super::spin_team::current();
-        let wanted = |n| self.handles(&c_shape, n, team.as_deref());
+        let wanted = |n| self.handles(&c_shape, n);
         if let Some(columns) = inputs.get(self.b_input).and_then(|b| self.columns(b, wanted)) {
             let n = columns.n;
             let panels = &self.weight.packed[..self.m.div_ceil(PANEL_ROWS) * self.weight.panel_bytes];
@@ -265,12 +265,11 @@ impl EvalOp for Q4MatVec {
 
 impl Q4MatVec {
     /// Whether the fused kernels take a product of `n` columns into an output of `c_shape`
-    /// (nothing but m and n in it): one column always; several with AVX-512 and a team to
-    /// share them with. On one thread tract's own tiles were a fifth faster for a prompt chunk
-    /// than our first tiles (not re-measured since blocks are unpacked once per chunk), but
-    /// they gained nothing from a second thread here and ours do.
-    fn handles(&self, c_shape: &[usize], n: usize, team: Option<&SpinTeam>) -> bool {
-        let several_ok = wide_kernel_available() && team.is_some_and(|team| team.threads() > 1);
+    /// (nothing but m and n in it): one column always; several with AVX-512. On one thread
+    /// tract's own tiles took a 77-token prompt as fast and a 20-token question 8% slower
+    /// (3 alternating rounds); they gained nothing from a second thread, and ours do.
+    fn handles(&self, c_shape: &[usize], n: usize) -> bool {
+        let several_ok = wide_kernel_available();
         let m_ok = self.inner.c_m_axis.is_some_and(|ax| c_shape.get(ax) == Some(&self.m));
         let n_ok = match self.inner.c_n_axis {
             Some(ax) => c_shape.get(ax) == Some(&n),
