@@ -3,7 +3,8 @@
 //!
 //! There is one archive per model (named by the model file's sha256). Its sidecar records the
 //! build that wrote it (this edgellm version and the executable's size and modification time:
-//! a rebuilt binary may declutter differently under the same version) and the archive's own
+//! a rebuilt binary may declutter differently under the same version; and whether the CPU has
+//! the fused attention kernel, which the archive then holds) and the archive's own
 //! sha256. An archive from another build is replaced; a truncated or altered one is rebuilt
 //! from the ONNX file, never trusted. Writes go to a temporary file renamed into place, so
 //! concurrent starts and a crash mid-write leave no half-written archive behind.
@@ -37,9 +38,11 @@ struct Sidecar {
     archive_sha256: String,
 }
 
-/// This edgellm version and this very executable.
+/// This edgellm version and this very executable, and whether attention is fused on this CPU
+/// (the archive keeps the fused op).
 fn build_id() -> String {
-    let version = env!("CARGO_PKG_VERSION");
+    let version = format!("{}, fused attention {}", env!("CARGO_PKG_VERSION"), super::attention::kernel_available());
+    let version = version.as_str();
     match std::env::current_exe().and_then(|exe| exe.metadata()) {
         Ok(meta) => {
             let modified = meta
@@ -54,7 +57,7 @@ fn build_id() -> String {
 }
 
 fn nnef() -> tract_nnef::framework::Nnef {
-    tract_nnef::nnef().with_onnx().with_tract_transformers()
+    tract_nnef::nnef().with_onnx().with_tract_transformers().with_registry(super::attention::nnef_registry())
 }
 
 fn archive_path(dir: &Path, model_sha256: &str) -> PathBuf {

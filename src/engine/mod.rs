@@ -11,6 +11,8 @@
 //! way a [`DecodeState`] can be cloned cheaply (tensors are shared), which is how the state
 //! after the fixed system prompt is kept and reused by later requests.
 
+#[allow(unsafe_code)] // wider vector code behind a CPU feature check
+mod attention;
 mod compiled_cache;
 pub mod embedder;
 mod manifest;
@@ -622,6 +624,8 @@ fn decluttered_from_onnx(path: &Path) -> TractResult<TypedModel> {
         transform.transform(&mut typed)?;
     }
     typed.declutter()?;
+    let fused_attention = attention::fuse_attention(&mut typed)?;
+    tracing::debug!(fused_attention, "attention fused");
     Ok(typed)
 }
 

@@ -279,14 +279,17 @@ impl EvalOp for SameShapeBinary {
 }
 
 /// Whether `a` and `b` are the same shape and type laid out alike in one block each, so that
-/// the kernel can take them as two flat slices. An axis of length one may have any stride
-/// (tract's AddAxis leaves the next axis's there).
+/// the kernel can take them as two flat slices (see [`is_natural`]: tract's AddAxis leaves
+/// odd strides on unit axes).
 fn elementwise_as_slices(a: &Tensor, b: &Tensor) -> bool {
-    let natural = |t: &Tensor| {
-        let mut strides = t.shape().iter().zip(t.strides()).zip(Tensor::natural_strides(t.shape()));
-        t.len() == t.shape().iter().product::<usize>() && strides.all(|((&dim, &s), n)| dim == 1 || s == n)
-    };
-    a.shape() == b.shape() && a.datum_type() == b.datum_type() && natural(a) && natural(b)
+    a.shape() == b.shape() && a.datum_type() == b.datum_type() && is_natural(a) && is_natural(b)
+}
+
+/// Whether `t`'s elements lie in one block in row-major order, so that it can be read as a
+/// flat slice; an axis of length one may have any stride.
+pub(super) fn is_natural(t: &Tensor) -> bool {
+    let mut strides = t.shape().iter().zip(t.strides()).zip(Tensor::natural_strides(t.shape()));
+    t.len() == t.shape().iter().product::<usize>() && strides.all(|((&dim, &s), n)| dim == 1 || s == n)
 }
 
 impl TypedOp for SameShapeBinary {
