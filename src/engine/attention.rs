@@ -247,7 +247,10 @@ fn fused_f32(inputs: &[TValue], scale: f32) -> TractResult<Option<Tensor>> {
     );
     let heads = s.batch * s.kv_heads * s.group;
     let (head_rows, key_rows) = (s.rows * s.dim, s.keys * s.dim);
-    let mut out = vec![0f32; heads * head_rows];
+    let shape = [s.batch, s.kv_heads, s.group, s.rows, s.dim];
+    let mut output = Tensor::zero::<f32>(&shape)?;
+    let mut view = output.try_as_plain_ram_mut()?;
+    let out = view.as_slice_mut::<f32>()?;
     let kernels = RowSoftmax::new()?;
     // Head `h` (batch b, key head kh, group member g) reads q's and writes out's h-th block.
     let run = |first: usize, outs: &mut [f32]| -> TractResult<()> {
@@ -271,12 +274,11 @@ fn fused_f32(inputs: &[TValue], scale: f32) -> TractResult<Option<Tensor>> {
     let team = spin_team::current().filter(|team| team.threads() > 1);
     match team {
         Some(team) if heads > 1 && heads * s.rows * s.keys * s.dim * 2 >= PARALLEL_MIN_MACS => {
-            run_on_team(&team, heads, head_rows, &mut out, &run)?
+            run_on_team(&team, heads, head_rows, out, &run)?
         }
-        _ => run(0, &mut out)?,
+        _ => run(0, out)?,
     }
-    let shape = [s.batch, s.kv_heads, s.group, s.rows, s.dim];
-    Ok(Some(Tensor::from_shape(&shape, &out)?))
+    Ok(Some(output))
 }
 
 /// The heads split in one run of consecutive heads per thread.

@@ -42,7 +42,6 @@ struct Sidecar {
 /// (the archive keeps the fused op).
 fn build_id() -> String {
     let version = format!("{}, fused attention {}", env!("CARGO_PKG_VERSION"), super::attention::kernel_available());
-    let version = version.as_str();
     match std::env::current_exe().and_then(|exe| exe.metadata()) {
         Ok(meta) => {
             let modified = meta

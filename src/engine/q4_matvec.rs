@@ -331,10 +331,12 @@ fn product(panels: &[u8], columns: &Columns, outputs: &Outputs, team: Option<&Sp
         let mut out = vec![0f32; n * PANEL_ROWS];
         for p in first..(first + count).min(n_panels) {
             let panel = &panels[p * panel_bytes..][..panel_bytes];
-            if several {
-                product_columns(panel, columns, &block_sums, &mut out);
-            } else {
-                product_panel(panel, k, &rows, &block_sums, &mut out);
+            match several {
+                // SAFETY: `several` means the CPU has AVX-512 (checked); the slices have the
+                // kernel's sizes.
+                #[cfg(target_arch = "x86_64")]
+                true => unsafe { x86::panel_columns_avx512(panel, columns, &block_sums, &mut out) },
+                _ => product_panel(panel, k, &rows, &block_sums, &mut out),
             }
             // SAFETY: each panel is stored by the one part that holds it.
             unsafe { outputs.store_panel(p, &out) };
@@ -347,18 +349,6 @@ fn product(panels: &[u8], columns: &Columns, outputs: &Outputs, team: Option<&Sp
         }
         _ => run(0, n_panels),
     }
-}
-
-/// One panel times the columns, with the AVX-512 kernel for several: `out` gets `n` rows of 32.
-fn product_columns(panel: &[u8], columns: &Columns, block_sums: &[f32], out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if wide_kernel_available() {
-        // SAFETY: the feature is present (checked) and the slices have the kernel's sizes.
-        unsafe { x86::panel_columns_avx512(panel, columns, block_sums, out) };
-        return;
-    }
-    let rows = columns.rows();
-    product_panel(panel, columns.k, &rows, block_sums, out);
 }
 
 /// One panel times `n` columns given as rows of `k` (`xs`): `out` gets `n` rows of 32.
