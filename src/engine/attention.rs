@@ -343,11 +343,15 @@ struct Head<'a> {
     dim: usize,
 }
 
-/// Per-thread buffers: a row of scores, and the keys transposed for a prompt chunk.
+/// Per-thread buffers of one evaluation: a row of scores, and the keys transposed for a
+/// prompt chunk.
 #[derive(Default)]
 struct Scratch {
     scores: Vec<f32>,
     keys_t: Vec<f32>,
+    /// Which keys `keys_t` holds (their address and length in the op's input), so that the
+    /// query heads of a group, which share them, transpose them once.
+    keys_t_of: Option<(usize, usize)>,
 }
 
 impl Head<'_> {
@@ -402,8 +406,9 @@ mod x86 {
     use tract_onnx::prelude::TractResult;
 
     /// [`Head::run_portable`] in AVX-512. A query row meets four keys at a time (a decode
-    /// step); from four rows on (a prompt chunk) the keys are transposed once, so that a row
-    /// meets 64 keys at a time without a horizontal sum per key.
+    /// step); from four rows on (a prompt chunk) the keys are transposed once per group of
+    /// query heads, so that a row meets up to 128 keys at a time without a horizontal sum per
+    /// key.
     ///
     /// # Safety
     /// The CPU has AVX-512F; `head.dim` is a multiple of 16.
@@ -424,7 +429,9 @@ mod x86 {
         scratch.scores.clear();
         scratch.scores.resize(padded, 0.0);
         let transposed = rows >= 4;
-        if transposed {
+        let keys_id = (head.k.as_ptr() as usize, head.k.len());
+        if transposed && scratch.keys_t_of != Some(keys_id) {
+            scratch.keys_t_of = Some(keys_id);
             scratch.keys_t.clear();
             scratch.keys_t.resize(d * padded, 0.0);
             for (t, key) in head.k.chunks_exact(d).enumerate() {
