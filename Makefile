@@ -7,7 +7,7 @@ export CROSS_CONFIG ?= $(CURDIR)/cross.toml
 TARGETS = aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf aarch64-unknown-linux-musl
 DESTDIR ?=
 
-.PHONY: model build test run bench lint clean-model dist deb install cross $(addprefix cross-,$(TARGETS))
+.PHONY: model test-deps build test run bench lint clean-model dist deb install cross $(addprefix cross-,$(TARGETS))
 
 model:
 	models/prepare.sh
@@ -15,7 +15,11 @@ model:
 build:
 	$(CARGO) build --release
 
-test: model
+# What the tests need besides Rust and Python (mosquitto, socat, systemd tools, cargo-deb).
+test-deps:
+	tools/test-deps.sh
+
+test: model test-deps
 	$(CARGO) test --release
 
 run: model

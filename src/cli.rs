@@ -8,11 +8,11 @@ use std::time::Instant;
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 
-pub use crate::budget::MemoryBudget;
-use crate::config::Config;
-use crate::engine::{Engine, EngineOptions, Flow, GenerateRequest, SamplingParams};
-use crate::pipeline::{Pipeline, PromptInput};
-use crate::protocol::GenerateParams;
+use edgellm_engine::{Engine, Flow, GenerateRequest, SamplingParams};
+use edgellm_pipeline::{AnswerRequest, AnswerSink, Pipeline, PromptInput};
+use edgellm_protocol::GenerateParams;
+pub use edgellm_server::budget::MemoryBudget;
+use edgellm_server::config::Config;
 
 #[derive(Debug, Parser)]
 #[command(name = "edgellm", version, about = "On-device LLM daemon: a quantized ONNX model run by tract")]
@@ -155,21 +155,10 @@ pub async fn ask(socket: &Path, request: serde_json::Value, print_tokens: bool) 
 }
 
 /// Loads the config file when given, else the embedded default.
-pub fn load_config(path: Option<&Path>) -> Result<Config, crate::config::ConfigError> {
+pub fn load_config(path: Option<&Path>) -> Result<Config, edgellm_server::config::ConfigError> {
     match path {
         Some(p) => Config::load(p),
         None => Ok(Config::default_config()),
-    }
-}
-
-pub fn engine_options(config: &Config, model_dir: Option<&Path>) -> EngineOptions {
-    EngineOptions {
-        model_dir: model_dir.map(Path::to_path_buf).unwrap_or_else(|| config.model.dir.clone()),
-        threads: config.model.threads,
-        context_tokens: config.model.context_tokens,
-        reuse_prefix: config.model.reuse_prefix,
-        prefill_chunk_tokens: config.model.prefill_chunk_tokens,
-        compiled_cache_dir: config.model.compiled_cache_dir(),
     }
 }
 
@@ -183,48 +172,54 @@ pub fn generate(
     seed: u64,
     stats: bool,
 ) -> anyhow::Result<()> {
-    let mut pipeline = Pipeline::new(config, engine)?;
-    let prepared = pipeline.prepare(engine, PromptInput { prompt, session: None })?;
-    let generation = pipeline.generation();
+    let mut pipeline = Pipeline::new(&config.pipeline_config(), engine)?;
     let params = GenerateParams { max_tokens, temperature, seed: Some(seed), ..GenerateParams::default() };
-    let (sampling, max_new_tokens) = generation.for_request(&params);
-    let request = GenerateRequest {
-        prompt_ids: &prepared.ids,
-        shared_prefix_len: prepared.shared_prefix_len,
-        max_new_tokens,
-        sampling,
-        stop_strings: &generation.stop_strings,
+    let request = AnswerRequest {
+        prompt,
+        session: None,
+        params: &params,
+        stream: true,
+        admitted: Instant::now(),
         deadline: None,
-        ignore_eos: false,
     };
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    let result = engine.generate(&request, |piece| {
-        if out.write_all(piece.as_bytes()).and_then(|_| out.flush()).is_err() {
-            return Flow::Cancel;
-        }
-        Flow::Continue
-    })?;
-    writeln!(out)?;
-    out.flush()?;
+    let mut sink = StdoutSink { out: std::io::stdout().lock() };
+    let done = pipeline.answer(engine, request, &mut sink)?;
+    writeln!(sink.out)?;
+    sink.out.flush()?;
     if stats {
-        let t = &result.timings;
+        let t = &done.timings;
+        let decode_ms = t.decode_ms.unwrap_or(0.0);
         eprintln!(
             "prompt {} tokens, answer {} tokens ({:?}); prefill {:.0} ms, first token {:.0} ms, decode {:.1} tokens/s",
-            result.prompt_tokens,
-            result.completion_tokens,
-            result.finish_reason,
-            t.prefill_ms,
-            t.time_to_first_token_ms,
-            result.completion_tokens as f64 / (t.decode_ms / 1e3).max(1e-9)
+            done.usage.prompt_tokens,
+            done.usage.completion_tokens,
+            done.finish_reason,
+            t.prefill_ms.unwrap_or(0.0),
+            t.time_to_first_token_ms.unwrap_or(0.0),
+            done.usage.completion_tokens as f64 / (decode_ms / 1e3).max(1e-9)
         );
     }
     Ok(())
 }
 
+/// `generate` streams the answer to the terminal as it passes output safety.
+struct StdoutSink<W: Write> {
+    out: W,
+}
+
+impl<W: Write> AnswerSink for StdoutSink<W> {
+    fn piece(&mut self, text: &str) -> bool {
+        self.out.write_all(text.as_bytes()).and_then(|_| self.out.flush()).is_ok()
+    }
+
+    fn keep_going(&mut self) -> bool {
+        true
+    }
+}
+
 /// `edgellm scan`: the safety rules over each line of `input`.
 pub fn scan(config: &Config, input: impl std::io::BufRead, mut out: impl Write) -> anyhow::Result<()> {
-    let rules = crate::pipeline::safety::SafetyRules::new(&config.safety)?;
+    let rules = edgellm_text::safety::SafetyRules::new(&config.safety)?;
     for (n, line) in input.split(b'\n').enumerate() {
         let line = line?;
         let text = String::from_utf8_lossy(&line);
@@ -252,7 +247,7 @@ pub struct BenchRow {
     pub threads: usize,
     pub load_ms: f64,
     /// Whether the load read the compiled-model cache or built (and wrote) it.
-    pub compiled_cache: crate::engine::CacheOutcome,
+    pub compiled_cache: edgellm_engine::CacheOutcome,
     pub prompt_tokens: usize,
     pub prefill_ms: f64,
     pub prefill_tokens_per_s: f64,
@@ -268,7 +263,7 @@ pub struct BenchRow {
     pub rss_mib: f64,
     /// Per-operator times (with `--profile`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub profile: Option<Vec<crate::engine::PhaseProfile>>,
+    pub profile: Option<Vec<edgellm_engine::PhaseProfile>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -293,13 +288,13 @@ pub fn bench(
     let mut meta = (String::new(), String::new(), String::new());
     let mut prompt_ids = Vec::new();
     for &n in threads {
-        let mut options = engine_options(config, model_dir);
+        let mut options = config.engine_options(model_dir);
         options.threads = n;
         options.reuse_prefix = true;
         let started = Instant::now();
         let mut engine = Engine::load(options)?;
         let load_ms = started.elapsed().as_secs_f64() * 1e3;
-        let mut pipeline = Pipeline::new(config, &mut engine)?;
+        let mut pipeline = Pipeline::new(&config.pipeline_config(), &mut engine)?;
         let prepared = pipeline.prepare(&engine, PromptInput { prompt: BENCH_PROMPT, session: None })?;
         let request = GenerateRequest {
             prompt_ids: &prepared.ids,
@@ -343,7 +338,7 @@ pub fn bench(
             question_ttft_cached_ms: cached.timings.time_to_first_token_ms,
             question_new_tokens: question.ids.len() - question.shared_prefix_len,
             system_prefix_tokens: question.shared_prefix_len,
-            rss_mib: crate::cli::rss_mib().0,
+            rss_mib: rss_mib().0,
             profile: if profile { Some(engine.profile(&prepared.ids, PROFILED_DECODE_STEPS)?) } else { None },
         });
         prompt_ids = prepared.ids.clone();

@@ -3,12 +3,14 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use edgellm::cli::{self, Cli, Command};
-use edgellm::engine::Engine;
-use edgellm::exit_code;
+mod cli;
+
+use cli::{Cli, Command};
+use edgellm_engine::Engine;
+use edgellm_server::exit_code;
 
 fn main() -> ExitCode {
-    edgellm::budget::tune_allocator();
+    edgellm_server::budget::tune_allocator();
     // With panic = "abort" in shipped builds nothing unwinds: log the panic before the abort,
     // so the journal says where it happened.
     let default_hook = std::panic::take_hook();
@@ -53,7 +55,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Generate { prompt, config, model_dir, max_tokens, temperature, seed, stats } => {
             let config = cli::load_config(config.as_deref()).map_err(bad_config)?;
-            let mut engine = Engine::load(cli::engine_options(&config, model_dir.as_deref())).map_err(model_load)?;
+            let mut engine = Engine::load(config.engine_options(model_dir.as_deref())).map_err(model_load)?;
             cli::generate(&config, &mut engine, &prompt, max_tokens, temperature, seed, stats).map_err(runtime_err)
         }
         Command::Bench { config, model_dir, threads, decode_tokens, json, profile } => {
@@ -79,7 +81,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             cli::init_logging(&config.logging.level);
             let runtime = runtime()?;
             runtime
-                .block_on(edgellm::daemon::run(config, path, cli::shutdown_signal()))
+                .block_on(edgellm_server::daemon::run(config, path, cli::shutdown_signal()))
                 .map_err(|e| (e.exit_code(), e.into()))
         }
         Command::Ask { prompt, socket, config, session, max_tokens, temperature, seed, json } => {

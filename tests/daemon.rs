@@ -236,7 +236,14 @@ fn mqtt_request_response_with_mosquitto_rr_and_reply_topic_by_id() {
     // unfinished last fragment.
     let text = done["text"].as_str().unwrap();
     assert!(!text.is_empty() && streamed.starts_with(text), "{text:?} vs {streamed:?}");
-    assert_eq!(edgellm::pipeline::postprocess::tidy(&streamed, done["finish_reason"] == "length"), text);
+    assert_eq!(
+        edgellm_text::postprocess::tidy(
+            &streamed,
+            done["finish_reason"] == "length",
+            edgellm_engine::family::LLAMA.template_markers
+        ),
+        text
+    );
     let port = broker.port;
 
     // A malformed payload with a reply address gets an error there.

@@ -1,7 +1,7 @@
 //! The embedding model through tract against onnxruntime's output for the same file.
 mod common;
 
-use edgellm::engine::Embedder;
+use edgellm_engine::Embedder;
 use serde::Deserialize;
 
 #[derive(Deserialize)]

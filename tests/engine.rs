@@ -5,11 +5,11 @@ mod common;
 
 use std::time::Instant;
 
-use edgellm::config::Config;
-use edgellm::engine::{
+use edgellm_engine::{
     CacheOutcome, Engine, EngineError, EngineOptions, FinishReason, Flow, GenerateRequest, SamplingParams,
 };
-use edgellm::pipeline::{Pipeline, PipelineError, PromptInput};
+use edgellm_pipeline::{Pipeline, PipelineError, PromptInput};
+use edgellm_server::config::Config;
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -152,7 +152,7 @@ fn altered_model_file_is_refused_and_leaves_no_compiled_cache() {
 fn capital_of_france_is_paris() {
     let mut engine = common::shared_engine();
     let config = Config::default_config();
-    let mut pipeline = Pipeline::new(&config, &mut engine).unwrap();
+    let mut pipeline = Pipeline::new(&config.pipeline_config(), &mut engine).unwrap();
     let prompt =
         pipeline.prepare(&engine, PromptInput { prompt: "What is the capital of France?", session: None }).unwrap();
     let g = engine.generate(&request(&prompt.ids, 32, greedy()), |_| Flow::Continue).unwrap();
@@ -164,7 +164,7 @@ fn capital_of_france_is_paris() {
 fn streamed_pieces_equal_the_final_text_and_the_decoded_tokens() {
     let mut engine = common::shared_engine();
     let config = Config::default_config();
-    let mut pipeline = Pipeline::new(&config, &mut engine).unwrap();
+    let mut pipeline = Pipeline::new(&config.pipeline_config(), &mut engine).unwrap();
     // Accents and emoji span several byte-level tokens: pieces must still be whole characters.
     let prompt = pipeline
         .prepare(
@@ -194,7 +194,7 @@ fn streamed_pieces_equal_the_final_text_and_the_decoded_tokens() {
 fn stop_string_cuts_the_answer_before_it() {
     let mut engine = common::shared_engine();
     let config = Config::default_config();
-    let mut pipeline = Pipeline::new(&config, &mut engine).unwrap();
+    let mut pipeline = Pipeline::new(&config.pipeline_config(), &mut engine).unwrap();
     let prompt =
         pipeline.prepare(&engine, PromptInput { prompt: "What is the capital of France?", session: None }).unwrap();
     let full = engine.generate(&request(&prompt.ids, 32, greedy()), |_| Flow::Continue).unwrap();
@@ -227,7 +227,7 @@ fn too_long_prompt_is_a_clear_error() {
     // And the pipeline counts tokens after the chat template.
     let mut config = Config::default_config();
     config.limits.max_prompt_tokens = 40;
-    let mut pipeline = Pipeline::new(&config, &mut engine).unwrap();
+    let mut pipeline = Pipeline::new(&config.pipeline_config(), &mut engine).unwrap();
     let err = pipeline.prepare(&engine, PromptInput { prompt: &"word ".repeat(50), session: None }).unwrap_err();
     assert!(matches!(err, PipelineError::TooManyTokens { limit: 40, .. }), "{err}");
 }
@@ -236,7 +236,7 @@ fn too_long_prompt_is_a_clear_error() {
 fn cancellation_stops_between_tokens() {
     let mut engine = common::shared_engine();
     let config = Config::default_config();
-    let mut pipeline = Pipeline::new(&config, &mut engine).unwrap();
+    let mut pipeline = Pipeline::new(&config.pipeline_config(), &mut engine).unwrap();
     let prompt = pipeline
         .prepare(&engine, PromptInput { prompt: "Tell me a long story about a dragon.", session: None })
         .unwrap();
@@ -255,7 +255,7 @@ fn cancellation_stops_between_tokens() {
 fn deadline_ends_generation() {
     let mut engine = common::shared_engine();
     let config = Config::default_config();
-    let mut pipeline = Pipeline::new(&config, &mut engine).unwrap();
+    let mut pipeline = Pipeline::new(&config.pipeline_config(), &mut engine).unwrap();
     let prompt = pipeline
         .prepare(&engine, PromptInput { prompt: "Tell me a long story about a dragon.", session: None })
         .unwrap();
@@ -272,9 +272,9 @@ fn deadline_ends_generation() {
 fn seeded_sampling_is_reproducible() {
     let mut engine = common::shared_engine();
     let config = Config::default_config();
-    let mut pipeline = Pipeline::new(&config, &mut engine).unwrap();
+    let mut pipeline = Pipeline::new(&config.pipeline_config(), &mut engine).unwrap();
     let prompt = pipeline.prepare(&engine, PromptInput { prompt: "Invent a name for a cat.", session: None }).unwrap();
-    let sample = |engine: &mut edgellm::engine::Engine, seed| {
+    let sample = |engine: &mut edgellm_engine::Engine, seed| {
         let sampling = SamplingParams { temperature: 1.0, top_k: 50, top_p: 0.95, seed, ..SamplingParams::default() };
         engine.generate(&request(&prompt.ids, 24, sampling), |_| Flow::Continue).unwrap().token_ids
     };
@@ -288,7 +288,7 @@ fn seeded_sampling_is_reproducible() {
 fn cached_system_prompt_gives_the_same_answer() {
     let mut engine = common::shared_engine();
     let config = Config::default_config();
-    let mut pipeline = Pipeline::new(&config, &mut engine).unwrap();
+    let mut pipeline = Pipeline::new(&config.pipeline_config(), &mut engine).unwrap();
     let prompt = pipeline.prepare(&engine, PromptInput { prompt: "Name a primary colour.", session: None }).unwrap();
     assert!(prompt.shared_prefix_len > 10, "the system turn is a shared prefix");
     let cold = engine.generate(&request(&prompt.ids, 16, greedy()), |_| Flow::Continue).unwrap();

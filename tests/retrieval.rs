@@ -6,8 +6,8 @@ mod common;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use edgellm::engine::Embedder;
-use edgellm::pipeline::grounding::{
+use edgellm_engine::Embedder;
+use edgellm_text::grounding::{
     self, DenseIndex, GroundingConfig, KnowledgeIndex, Retrieval, extract_entities, query_terms,
 };
 

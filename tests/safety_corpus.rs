@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use edgellm::pipeline::safety::{SafetyConfig, SafetyRules};
+use edgellm_text::safety::{SafetyConfig, SafetyRules};
 
 #[test]
 fn safety_rules_reach_097_precision_and_recall_on_the_corpus() {

@@ -2,7 +2,7 @@
 //! free of control and invisible characters, and within the byte limit.
 #![no_main]
 
-use edgellm::pipeline::preprocess::clean_bytes;
+use edgellm_text::preprocess::clean_bytes;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -2,7 +2,7 @@
 //! request must respect the limits.
 #![no_main]
 
-use edgellm::protocol::{ParseLimits, Request, parse_request};
+use edgellm_protocol::{ParseLimits, Request, parse_request};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -10,6 +10,6 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(Request::Generate(r)) = parse_request(data, limits, || "fallback".into()) {
         assert!(r.prompt.len() <= 4096);
         assert!(r.params.max_tokens.is_none_or(|m| (1..=512).contains(&m)));
-        assert!(edgellm::protocol::valid_id(&r.id));
+        assert!(edgellm_protocol::valid_id(&r.id));
     }
 });

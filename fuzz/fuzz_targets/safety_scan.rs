@@ -4,7 +4,7 @@
 
 use std::sync::LazyLock;
 
-use edgellm::pipeline::safety::{Action, SafetyConfig, SafetyRules};
+use edgellm_text::safety::{Action, SafetyConfig, SafetyRules};
 use libfuzzer_sys::fuzz_target;
 
 static RULES: LazyLock<SafetyRules> = LazyLock::new(|| SafetyRules::new(&SafetyConfig::default()).unwrap());

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
-use edgellm::engine::{Engine, EngineOptions};
+use edgellm_engine::{Engine, EngineOptions};
 
 /// The prepared default model (`make model`); tests fail loudly when it is missing.
 pub fn model_dir() -> PathBuf {

@@ -1,0 +1,145 @@
+//! Which SIMD path the kernels take, decided once per process.
+//!
+//! The CPU's features are read at first use; `EDGELLM_ISA` (`scalar`, `avx2`, `avx512`, `neon`,
+//! `dotprod`) may lower the choice, never raise it above what the CPU runs, so that CI on an
+//! AVX-512 machine can check the AVX2 and portable paths against the golden tokens too.
+
+use std::sync::OnceLock;
+
+/// A kernel path, from the most portable to the widest. Each one implies the ones before it on
+/// its architecture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Isa {
+    /// No fused kernel: tract's own ops, and the scalar references in tests.
+    Scalar,
+    /// x86_64 with AVX2, FMA and F16C: the one-token 4-bit product.
+    Avx2,
+    /// x86_64 with AVX-512F on top of AVX2: every fused kernel.
+    Avx512,
+    /// aarch64 with NEON (every aarch64 CPU).
+    Neon,
+    /// aarch64 with the dot-product extension (`sdot`).
+    NeonDotprod,
+}
+
+impl Isa {
+    /// The path in force: the CPU's best, or the lower one `EDGELLM_ISA` asks for.
+    pub fn current() -> Isa {
+        static CURRENT: OnceLock<Isa> = OnceLock::new();
+        *CURRENT.get_or_init(|| {
+            let detected = Isa::detected();
+            match std::env::var("EDGELLM_ISA") {
+                Ok(name) => match Isa::from_name(&name) {
+                    Some(wanted) if detected.runs(wanted) => wanted,
+                    _ => {
+                        eprintln!(
+                            "edgellm: EDGELLM_ISA={name:?} is not a path this CPU runs; using {}",
+                            detected.name()
+                        );
+                        detected
+                    }
+                },
+                Err(_) => detected,
+            }
+        })
+    }
+
+    /// The CPU's best path, ignoring any override.
+    pub fn detected() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 = std::is_x86_feature_detected!("avx2")
+                && std::is_x86_feature_detected!("fma")
+                && std::is_x86_feature_detected!("f16c");
+            if avx2 && std::is_x86_feature_detected!("avx512f") {
+                return Isa::Avx512;
+            }
+            if avx2 {
+                return Isa::Avx2;
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            if std::arch::is_aarch64_feature_detected!("dotprod") {
+                return Isa::NeonDotprod;
+            }
+            return Isa::Neon;
+        }
+        #[allow(unreachable_code)]
+        Isa::Scalar
+    }
+
+    /// Whether a CPU whose best path is `self` can run `other`.
+    pub fn runs(self, other: Isa) -> bool {
+        other == Isa::Scalar || (self.arch() == other.arch() && other <= self)
+    }
+
+    fn arch(self) -> u8 {
+        match self {
+            Isa::Scalar => 0,
+            Isa::Avx2 | Isa::Avx512 => 1,
+            Isa::Neon | Isa::NeonDotprod => 2,
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Isa> {
+        Some(match name.trim().to_ascii_lowercase().as_str() {
+            "scalar" | "portable" => Isa::Scalar,
+            "avx2" => Isa::Avx2,
+            "avx512" => Isa::Avx512,
+            "neon" => Isa::Neon,
+            "dotprod" | "neon-dotprod" => Isa::NeonDotprod,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+            Isa::Neon => "neon",
+            Isa::NeonDotprod => "dotprod",
+        }
+    }
+
+    /// The one-token 4-bit product has a fused kernel.
+    pub fn fused_q4_decode(self) -> bool {
+        matches!(self, Isa::Avx2 | Isa::Avx512)
+    }
+
+    /// Prompt chunks (several columns) have a fused 4-bit kernel.
+    pub fn fused_q4_chunks(self) -> bool {
+        self == Isa::Avx512
+    }
+
+    /// The fused attention has a kernel.
+    pub fn fused_attention(self) -> bool {
+        self == Isa::Avx512
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_lower_paths_are_runnable() {
+        for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon, Isa::NeonDotprod] {
+            assert_eq!(Isa::from_name(isa.name()), Some(isa));
+            assert!(isa.runs(Isa::Scalar));
+            assert!(isa.runs(isa));
+        }
+        assert!(Isa::Avx512.runs(Isa::Avx2));
+        assert!(!Isa::Avx2.runs(Isa::Avx512));
+        assert!(!Isa::Avx512.runs(Isa::Neon));
+        assert!(Isa::NeonDotprod.runs(Isa::Neon));
+        assert!(!Isa::Scalar.runs(Isa::Avx2));
+        assert_eq!(Isa::from_name("sse9"), None);
+    }
+
+    #[test]
+    fn current_never_exceeds_the_cpu() {
+        assert!(Isa::detected().runs(Isa::current()));
+    }
+}

@@ -1,0 +1,321 @@
+//! The Unix socket: newline-delimited JSON requests in, JSON events out (see the README).
+//!
+//! Bounded everywhere: a cap on connections (one over the cap is told `busy` and closed), a
+//! maximum line length (a longer line is discarded as it streams in and answered `too_long`),
+//! a cap on requests in flight per connection, and peer credentials checked against the
+//! configured allow-lists.
+
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::task::TaskTracker;
+
+use edgellm_protocol::{self as protocol, ErrorCode, Event, Rejection, Request};
+
+use crate::config::SocketConfig;
+use crate::service::{Service, Ticket};
+
+const TRANSPORT: &str = "socket";
+
+/// Why the prompt socket could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    #[error("the socket passed by systemd")]
+    Inherited(#[source] std::io::Error),
+    #[error("cannot create {path}")]
+    CreateDir { path: PathBuf, source: std::io::Error },
+    #[error("{path} is in use by another process")]
+    InUse { path: PathBuf },
+    #[error("cannot remove the stale {path}")]
+    RemoveStale { path: PathBuf, source: std::io::Error },
+    #[error("cannot bind {path}")]
+    Bind { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Mode(#[from] crate::config::ConfigError),
+    #[error("cannot set the mode of {path}")]
+    SetMode { path: PathBuf, source: std::io::Error },
+}
+
+/// The listening socket: inherited from systemd (`LISTEN_FDS`, socket activation) when there
+/// is one, else bound at the configured path with the configured mode.
+pub fn bind(config: &SocketConfig) -> Result<UnixListener, SocketError> {
+    if let Some(fd) = inherited_listener() {
+        let std_listener = std::os::unix::net::UnixListener::from(fd);
+        std_listener.set_nonblocking(true).map_err(SocketError::Inherited)?;
+        tracing::info!("using the socket passed by systemd");
+        return UnixListener::from_std(std_listener).map_err(SocketError::Inherited);
+    }
+    let path = &config.path;
+    if let Some(parent) = path.parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent).map_err(|source| SocketError::CreateDir { path: parent.into(), source })?;
+    }
+    if path.exists() {
+        // A live daemon answers on it; a stale file from a crash does not.
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(SocketError::InUse { path: path.clone() });
+        }
+        std::fs::remove_file(path).map_err(|source| SocketError::RemoveStale { path: path.clone(), source })?;
+    }
+    let listener = UnixListener::bind(path).map_err(|source| SocketError::Bind { path: path.clone(), source })?;
+    let mode = config.mode_bits()?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|source| SocketError::SetMode { path: path.clone(), source })?;
+    Ok(listener)
+}
+
+/// fd 3 when systemd passed exactly one socket to this process (socket activation).
+fn inherited_listener() -> Option<OwnedFd> {
+    let pid: u32 = std::env::var("LISTEN_PID").ok()?.parse().ok()?;
+    let fds: u32 = std::env::var("LISTEN_FDS").ok()?.parse().ok()?;
+    (pid == std::process::id() && fds == 1).then(take_listen_fd)
+}
+
+#[allow(unsafe_code)]
+fn take_listen_fd() -> OwnedFd {
+    const SD_LISTEN_FDS_START: i32 = 3;
+    // SAFETY: LISTEN_PID names this process, so by systemd's protocol fd 3 is an open socket
+    // handed to it; it is taken once, at start-up, and owned from here on.
+    unsafe { OwnedFd::from_raw_fd(SD_LISTEN_FDS_START) }
+}
+
+/// Accepts connections until shutdown, then waits for every connection to finish its answers.
+pub async fn serve(listener: UnixListener, service: Service) {
+    let config = &service.config.socket;
+    let slots = Arc::new(Semaphore::new(config.max_connections));
+    let tracker = TaskTracker::new();
+    loop {
+        let stream = tokio::select! {
+            _ = service.stop_accepting.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "socket accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        if let Err(reason) = check_peer(&stream, config) {
+            tracing::warn!(%reason, "socket client refused");
+            refuse(&service, stream, ErrorCode::Forbidden, "this user may not use the socket").await;
+            continue;
+        }
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(max = config.max_connections, "socket client refused: too many connections");
+            refuse(&service, stream, ErrorCode::Busy, "too many connections").await;
+            continue;
+        };
+        let service = service.clone();
+        tracker.spawn(async move {
+            handle_connection(stream, service).await;
+            drop(permit);
+        });
+    }
+    tracker.close();
+    tracker.wait().await;
+    if !service.config.socket.path.as_os_str().is_empty() && inherited_listener_env_absent() {
+        let _ = std::fs::remove_file(&service.config.socket.path);
+    }
+}
+
+fn inherited_listener_env_absent() -> bool {
+    std::env::var_os("LISTEN_FDS").is_none()
+}
+
+/// Why a socket client is not served (logged, never sent).
+#[derive(Debug, thiserror::Error)]
+enum PeerRefusal {
+    #[error("cannot read peer credentials")]
+    Credentials(#[source] nix::Error),
+    #[error("uid {uid} gid {gid} not in the allow-lists")]
+    NotAllowed { uid: u32, gid: u32 },
+}
+
+fn check_peer(stream: &UnixStream, config: &SocketConfig) -> Result<(), PeerRefusal> {
+    if config.allowed_uids.is_empty() && config.allowed_gids.is_empty() {
+        return Ok(());
+    }
+    let cred = nix::sys::socket::getsockopt(&stream.as_fd(), nix::sys::socket::sockopt::PeerCredentials)
+        .map_err(PeerRefusal::Credentials)?;
+    let (uid, gid) = (cred.uid(), cred.gid());
+    if config.allowed_uids.contains(&uid) || config.allowed_gids.contains(&gid) {
+        Ok(())
+    } else {
+        Err(PeerRefusal::NotAllowed { uid, gid })
+    }
+}
+
+/// Answers a connection that is not served, counting the refusal.
+async fn refuse(service: &Service, mut stream: UnixStream, code: ErrorCode, message: &str) {
+    let rejection = Rejection::new(code, message);
+    service.metrics.record_error(code);
+    let line = protocol::error_json(None, &rejection) + "\n";
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), stream.write_all(line.as_bytes())).await;
+}
+
+/// How one read of a line ended.
+#[derive(Debug, PartialEq)]
+enum LineRead {
+    Line,
+    TooLong,
+    Eof,
+}
+
+/// Reads one line into `buf` (without the newline), holding at most `max` bytes: a longer
+/// line is consumed and discarded as it arrives, so a client cannot make the daemon grow.
+async fn read_bounded_line<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<LineRead> {
+    buf.clear();
+    let mut too_long = false;
+    loop {
+        let available = reader.fill_buf().await?;
+        if available.is_empty() {
+            return Ok(if too_long {
+                LineRead::TooLong
+            } else if buf.is_empty() {
+                LineRead::Eof
+            } else {
+                LineRead::Line
+            });
+        }
+        let (chunk, used, complete) = match available.iter().position(|&b| b == b'\n') {
+            Some(i) => (&available[..i], i + 1, true),
+            None => (available, available.len(), false),
+        };
+        if !too_long {
+            if buf.len() + chunk.len() > max {
+                too_long = true;
+                buf.clear();
+            } else {
+                buf.extend_from_slice(chunk);
+            }
+        }
+        reader.consume(used);
+        if complete {
+            return Ok(if too_long { LineRead::TooLong } else { LineRead::Line });
+        }
+    }
+}
+
+async fn handle_connection(stream: UnixStream, service: Service) {
+    let config = &service.config.socket;
+    let (read_half, mut write_half) = stream.into_split();
+    let mut reader = BufReader::with_capacity(16 * 1024, read_half);
+    // Outgoing lines from every request of this connection; the writer task owns the socket.
+    let (out_tx, mut out_rx) = mpsc::channel::<String>(256);
+    let writer = tokio::spawn(async move {
+        while let Some(line) = out_rx.recv().await {
+            if write_half.write_all(line.as_bytes()).await.is_err() || write_half.write_all(b"\n").await.is_err() {
+                break;
+            }
+        }
+        let _ = write_half.shutdown().await;
+    });
+    let origin = service.origin(config.max_inflight_per_connection);
+    let requests = TaskTracker::new();
+    let mut line = Vec::with_capacity(1024);
+    loop {
+        // While draining, requests are still read (and answered `shutting_down`) until the
+        // worker has finished the admitted ones.
+        let read = tokio::select! {
+            _ = service.worker_done.cancelled() => break,
+            read = read_bounded_line(&mut reader, &mut line, config.max_line_bytes) => read,
+        };
+        match read {
+            Ok(LineRead::Eof) | Err(_) => break,
+            Ok(LineRead::TooLong) => {
+                let r = Rejection::new(
+                    ErrorCode::TooLong,
+                    format!("request line longer than {} bytes", config.max_line_bytes),
+                );
+                service.refused(&r, TRANSPORT);
+                let _ = out_tx.send(protocol::error_json(None, &r)).await;
+                continue;
+            }
+            Ok(LineRead::Line) => {}
+        }
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match service.parse(&line, TRANSPORT) {
+            Err(rejection) => {
+                let _ = out_tx.send(protocol::error_json(None, &rejection)).await;
+            }
+            Ok(Request::Health { id }) => {
+                let _ = out_tx.send(crate::health::health_event(id.as_deref(), &service.health())).await;
+            }
+            Ok(Request::Cancel { id }) => {
+                if !origin.cancel(&id) {
+                    let r = Rejection::new(ErrorCode::BadRequest, "no request in flight with that id");
+                    let _ = out_tx.send(protocol::error_json(Some(&id), &r)).await;
+                }
+            }
+            Ok(Request::Generate(request)) => {
+                let id = request.id.clone();
+                match origin.submit(request) {
+                    Err(rejection) => {
+                        let _ = out_tx.send(Event::Error(rejection).to_json(&id)).await;
+                    }
+                    Ok(ticket) => {
+                        requests.spawn(forward(ticket, out_tx.clone()));
+                    }
+                }
+            }
+        }
+    }
+    // The client left, or the daemon is stopping. Requests of a client that left are
+    // cancelled; at shutdown they are allowed to finish (drain).
+    if !service.stop_accepting.is_cancelled() {
+        origin.cancel_all();
+    }
+    requests.close();
+    requests.wait().await;
+    drop(out_tx);
+    let _ = writer.await;
+}
+
+/// Sends a request's events to the connection's writer until the final one; a writer that
+/// has gone cancels the request.
+async fn forward(mut ticket: Ticket, out: mpsc::Sender<String>) {
+    while let Some(event) = ticket.events.recv().await {
+        let last = event.is_final();
+        if out.send(event.to_json(&ticket.id)).await.is_err() {
+            ticket.cancel.cancel();
+            break;
+        }
+        if last {
+            break;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn bounded_line_reader_discards_long_lines_and_keeps_going() {
+        let data = b"short\nthis line is far too long\nok\nlast-no-newline".to_vec();
+        let mut reader = BufReader::with_capacity(4, &data[..]);
+        let mut buf = Vec::new();
+        assert_eq!(read_bounded_line(&mut reader, &mut buf, 10).await.unwrap(), LineRead::Line);
+        assert_eq!(buf, b"short");
+        assert_eq!(read_bounded_line(&mut reader, &mut buf, 10).await.unwrap(), LineRead::TooLong);
+        assert!(buf.capacity() <= 16, "the long line was never held");
+        assert_eq!(read_bounded_line(&mut reader, &mut buf, 10).await.unwrap(), LineRead::Line);
+        assert_eq!(buf, b"ok");
+        assert_eq!(read_bounded_line(&mut reader, &mut buf, 20).await.unwrap(), LineRead::Line);
+        assert_eq!(buf, b"last-no-newline");
+        assert_eq!(read_bounded_line(&mut reader, &mut buf, 20).await.unwrap(), LineRead::Eof);
+    }
+}

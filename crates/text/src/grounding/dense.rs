@@ -1,0 +1,217 @@
+//! Dense retrieval (a sentence embedding per chunk) and its fusion with the keyword ranking.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Entity, GroundingConfig, GroundingError, KnowledgeIndex, terms};
+
+/// Unit-length chunk embeddings in one buffer allocated at its full capacity up front, so the
+/// store never grows after start-up or reload. Row `i` belongs to `KnowledgeIndex::chunks[i]`.
+#[derive(Debug)]
+pub struct DenseIndex {
+    pub(super) dimension: usize,
+    pub(super) vectors: Vec<f32>,
+    pub(super) len: usize,
+    /// Hash of each row's chunk text, so a reload re-embeds only what changed.
+    pub(super) text_hashes: Vec<u64>,
+}
+
+/// Writes the embedding of a text into a buffer of the index's dimension.
+pub type EmbedFn<'a> = dyn FnMut(&str, &mut [f32]) -> Result<(), String> + 'a;
+
+impl DenseIndex {
+    pub fn with_capacity(dimension: usize, capacity: usize) -> DenseIndex {
+        DenseIndex {
+            dimension,
+            vectors: vec![0.0; dimension * capacity],
+            len: 0,
+            text_hashes: Vec::with_capacity(capacity),
+        }
+    }
+
+    /// Embeds every chunk of `index`; rows whose text is unchanged since `previous` are copied.
+    /// Returns the index and how many chunks were embedded anew.
+    pub fn build(
+        index: &KnowledgeIndex,
+        dimension: usize,
+        capacity: usize,
+        previous: Option<&DenseIndex>,
+        embed: &mut EmbedFn<'_>,
+    ) -> Result<(DenseIndex, usize), GroundingError> {
+        let mut dense = DenseIndex::with_capacity(dimension, capacity);
+        let reusable: HashMap<u64, usize> = previous
+            .filter(|p| p.dimension == dimension)
+            .map(|p| p.text_hashes.iter().enumerate().map(|(row, h)| (*h, row)).collect())
+            .unwrap_or_default();
+        let mut embedded = 0;
+        for chunk in index.chunks.iter().take(capacity) {
+            let hash = text_hash(&chunk.text);
+            let row = dense.len;
+            let target = &mut dense.vectors[row * dimension..(row + 1) * dimension];
+            match (reusable.get(&hash), previous) {
+                (Some(&old), Some(p)) => target.copy_from_slice(p.row(old)),
+                _ => {
+                    embed(&chunk.text, target).map_err(|reason| GroundingError::Embedding {
+                        file: chunk.source.clone(),
+                        chunk: chunk.index,
+                        reason,
+                    })?;
+                    embedded += 1;
+                }
+            }
+            dense.text_hashes.push(hash);
+            dense.len += 1;
+        }
+        Ok((dense, embedded))
+    }
+
+    fn row(&self, i: usize) -> &[f32] {
+        &self.vectors[i * self.dimension..(i + 1) * self.dimension]
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn dimension(&self) -> usize {
+        self.dimension
+    }
+
+    /// Bytes held, all allocated at construction.
+    pub fn bytes(&self) -> usize {
+        self.vectors.capacity() * 4 + self.text_hashes.capacity() * 8
+    }
+
+    /// The `k` rows most similar to the unit vector `query` with at least `min_similarity`,
+    /// best first (an exhaustive scan: a few thousand rows take well under a millisecond).
+    pub fn search(&self, query: &[f32], k: usize, min_similarity: f32) -> Vec<(usize, f32)> {
+        if query.len() != self.dimension || k == 0 {
+            return Vec::new();
+        }
+        let mut best: Vec<(usize, f32)> = Vec::with_capacity(k + 1);
+        for i in 0..self.len {
+            let score: f32 = self.row(i).iter().zip(query).map(|(a, b)| a * b).sum();
+            if score < min_similarity || best.len() == k && score <= best[k - 1].1 {
+                continue;
+            }
+            let at = best.partition_point(|(_, s)| *s >= score);
+            best.insert(at, (i, score));
+            best.truncate(k);
+        }
+        best
+    }
+}
+
+fn text_hash(text: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
+}
+
+/// Which retrievers ranked a chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FoundBy {
+    pub keyword: bool,
+    pub dense: bool,
+}
+
+impl FoundBy {
+    pub fn retriever(self) -> Retrieval {
+        match (self.keyword, self.dense) {
+            (true, true) => Retrieval::Hybrid,
+            (false, true) => Retrieval::Dense,
+            _ => Retrieval::Keyword,
+        }
+    }
+}
+
+/// A chunk chosen for a prompt.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Hit {
+    pub chunk: usize,
+    pub score: f32,
+    pub found_by: FoundBy,
+}
+
+/// Which retrievers rank the knowledge, or found a chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Retrieval {
+    Keyword,
+    Dense,
+    Hybrid,
+}
+
+/// The best `config.top_chunks` chunks for a prompt's weighted `terms` and, for dense and
+/// hybrid retrieval, its embedding (`dense`: the chunk vectors and the prompt's vector).
+/// Without vectors every mode falls back to keywords.
+pub fn retrieve(
+    knowledge: &KnowledgeIndex,
+    dense: Option<(&DenseIndex, &[f32])>,
+    terms: &[(String, f32)],
+    how: Retrieval,
+    config: &GroundingConfig,
+) -> Vec<Hit> {
+    let top = config.top_chunks;
+    let e = &config.embedding;
+    let candidates = e.candidates.max(top);
+    let as_hits = |ranking: Vec<(usize, f32)>, found_by: FoundBy| -> Vec<Hit> {
+        ranking.into_iter().map(|(chunk, score)| Hit { chunk, score, found_by }).collect()
+    };
+    match (how, dense) {
+        (Retrieval::Dense, Some((vectors, query))) => {
+            as_hits(vectors.search(query, top, e.min_similarity), FoundBy { keyword: false, dense: true })
+        }
+        (Retrieval::Hybrid, Some((vectors, query))) => {
+            let keyword = knowledge.search(terms, candidates);
+            let similar = vectors.search(query, candidates, e.min_similarity);
+            fuse(&keyword, &similar, e.rrf_k, top)
+        }
+        _ => as_hits(knowledge.search(terms, top), FoundBy { keyword: true, dense: false }),
+    }
+}
+
+/// A prompt's search terms, with the words of its entities counted twice.
+pub fn query_terms(text: &str, entities: &[Entity]) -> Vec<(String, f32)> {
+    let mut query: Vec<(String, f32)> = terms(text).map(|t| (t, 1.0)).collect();
+    for entity in entities {
+        query.extend(terms(&entity.text).map(|t| (t, 1.0)));
+    }
+    query
+}
+
+/// Reciprocal rank fusion of the keyword and dense rankings (best first each): a chunk scores
+/// `Σ 1 / (k + rank)` over the rankings it appears in, so agreement wins and neither
+/// retriever's raw score scale matters.
+pub fn fuse(keyword: &[(usize, f32)], dense: &[(usize, f32)], rrf_k: f32, top: usize) -> Vec<Hit> {
+    let mut hits: Vec<Hit> = Vec::with_capacity(keyword.len() + dense.len());
+    for (ranking, is_dense) in [(keyword, false), (dense, true)] {
+        for (rank, (chunk, _)) in ranking.iter().enumerate() {
+            let add = 1.0 / (rrf_k + rank as f32 + 1.0);
+            match hits.iter_mut().find(|h| h.chunk == *chunk) {
+                Some(hit) => {
+                    hit.score += add;
+                    hit.found_by.dense |= is_dense;
+                    hit.found_by.keyword |= !is_dense;
+                }
+                None => hits.push(Hit {
+                    chunk: *chunk,
+                    score: add,
+                    found_by: FoundBy { keyword: !is_dense, dense: is_dense },
+                }),
+            }
+        }
+    }
+    // Ties (the same rank in one list each) go to the dense side: a keyword match on a common
+    // word is likelier to be spurious than a close embedding, and the keyword side's chunk
+    // still comes next.
+    hits.sort_by(|a, b| b.score.total_cmp(&a.score).then(b.found_by.dense.cmp(&a.found_by.dense)));
+    hits.truncate(top);
+    hits
+}

@@ -1,0 +1,270 @@
+//! Grounding: a local, bounded cache of what helps answer a prompt in context.
+//!
+//! - [`KnowledgeIndex`]: the files of a knowledge directory, chunked and indexed with BM25 at
+//!   start-up and on reload; the best chunks for a prompt are added within a token budget and
+//!   reported as sources (file and chunk).
+//! - [`DenseIndex`]: the same chunks as unit vectors from a sentence-embedding model, in a
+//!   store preallocated at `max_chunks` × dimension; it finds paraphrases that share no
+//!   keyword. [`fuse`] merges both rankings (reciprocal rank fusion) and remembers which
+//!   retriever found each chunk.
+//! - [`extract_entities`]: names, places, organisations, dates, numbers, e-mails and URLs in
+//!   the prompt, from rules and a gazetteer built from the knowledge files; they boost
+//!   retrieval and are reported with the answer.
+//! - [`SessionMemory`]: the last turns per session id; fixed number of sessions (least
+//!   recently used evicted) and fixed bytes per session.
+//! - [`AnswerCache`]: exact-match answers for repeated prompts, bounded in entries and bytes.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+mod cache;
+mod dense;
+mod entities;
+mod knowledge;
+mod memory;
+
+pub use cache::*;
+pub use dense::*;
+pub use entities::*;
+pub use knowledge::*;
+pub use memory::*;
+
+/// Entities kept per prompt.
+pub const MAX_ENTITIES: usize = 16;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GroundingConfig {
+    /// Text and Markdown files to ground answers in; empty: no local knowledge.
+    pub knowledge_dir: Option<PathBuf>,
+    pub max_files: usize,
+    pub max_file_bytes: usize,
+    pub max_chunks: usize,
+    /// Target size of a chunk (paragraphs are merged up to it, long ones split).
+    pub chunk_bytes: usize,
+    /// Chunks added to a prompt at most.
+    pub top_chunks: usize,
+    pub knowledge_token_budget: usize,
+    /// Sessions remembered; the least recently used is evicted.
+    pub sessions: usize,
+    /// Bytes of earlier turns kept per session.
+    pub session_bytes: usize,
+    pub history_token_budget: usize,
+    pub answer_cache_entries: usize,
+    pub answer_cache_bytes: usize,
+    pub embedding: EmbeddingConfig,
+}
+
+/// Dense retrieval with a sentence-embedding model, beside keyword retrieval.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmbeddingConfig {
+    /// Used only when a knowledge directory is set; off: keyword retrieval alone.
+    pub enabled: bool,
+    /// The embedding model's directory; unset: `minilm` beside the LLM's directory.
+    pub model_dir: Option<PathBuf>,
+    /// Tokens of a chunk or prompt the model reads; the rest is truncated.
+    pub max_tokens: usize,
+    /// Cosine similarity below which a dense match does not count.
+    pub min_similarity: f32,
+    /// Candidates each retriever contributes to the fusion.
+    pub candidates: usize,
+    /// The reciprocal rank fusion constant: larger flattens the ranks' weights.
+    pub rrf_k: f32,
+}
+
+impl Default for EmbeddingConfig {
+    fn default() -> Self {
+        EmbeddingConfig {
+            enabled: true,
+            model_dir: None,
+            max_tokens: 128,
+            min_similarity: 0.25,
+            candidates: 8,
+            rrf_k: 60.0,
+        }
+    }
+}
+
+impl Default for GroundingConfig {
+    fn default() -> Self {
+        GroundingConfig {
+            knowledge_dir: None,
+            max_files: 256,
+            max_file_bytes: 256 * 1024,
+            max_chunks: 2048,
+            chunk_bytes: 600,
+            top_chunks: 3,
+            knowledge_token_budget: 256,
+            sessions: 64,
+            session_bytes: 4096,
+            history_token_budget: 384,
+            answer_cache_entries: 128,
+            answer_cache_bytes: 256 * 1024,
+            embedding: EmbeddingConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GroundingError {
+    #[error("knowledge directory {path}: {reason}")]
+    Knowledge { path: String, reason: String },
+    #[error("embedding chunk {file}#{chunk}: {reason}")]
+    Embedding { file: String, chunk: usize, reason: String },
+}
+
+// ---------------------------------------------------------------------------------------------
+// Terms
+
+pub(super) const STOPWORDS: &[&str] = &[
+    "a", "an", "and", "are", "as", "at", "be", "by", "can", "do", "does", "for", "from", "how", "i", "in", "is", "it",
+    "its", "me", "my", "of", "on", "or", "our", "should", "so", "that", "the", "their", "there", "this", "to", "was",
+    "we", "what", "when", "where", "which", "who", "why", "will", "with", "you", "your", "please", "tell", "about",
+    "have", "has", "did", "would", "could", "into", "than", "then", "them", "they", "these", "those", "been", "if",
+];
+
+/// Lower-cased word terms without stopwords, with a light plural folding.
+pub fn terms(text: &str) -> impl Iterator<Item = String> + '_ {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(|w| w.to_lowercase())
+        .filter(|w| !STOPWORDS.contains(&w.as_str()))
+        .map(|w| if w.len() > 3 && w.ends_with('s') && !w.ends_with("ss") { w[..w.len() - 1].to_string() } else { w })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn knowledge(files: &[(&str, &str)]) -> (tempfile::TempDir, KnowledgeIndex) {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in files {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        let config = GroundingConfig { knowledge_dir: Some(dir.path().into()), ..Default::default() };
+        let index = KnowledgeIndex::load(&config, &|t| t.len() / 4).unwrap();
+        (dir, index)
+    }
+
+    #[test]
+    fn bm25_finds_the_chunk_with_the_fact() {
+        let (_dir, index) = knowledge(&[
+            ("lab.md", "# The lab\n\nThe door code of the lab is 4417.\n\nThe lab is on the third floor."),
+            ("kitchen.txt", "The kitchen has a coffee machine.\n\nThe fridge is cleaned on Fridays."),
+        ]);
+        assert_eq!(index.files, 2);
+        let query: Vec<(String, f32)> = terms("What is the door code of the lab?").map(|t| (t, 1.0)).collect();
+        let hits = index.search(&query, 2);
+        assert_eq!(index.chunks[hits[0].0].source, "lab.md");
+        assert!(index.chunks[hits[0].0].text.contains("4417"));
+    }
+
+    #[test]
+    fn dense_index_is_preallocated_and_reuses_unchanged_rows_on_rebuild() {
+        let (_dir, index) = knowledge(&[("a.md", "alpha beta\n\ngamma delta\n\nepsilon")]);
+        assert_eq!(index.chunks.len(), 1, "small paragraphs merge into one chunk");
+        let mut calls = 0;
+        let mut embed = |text: &str, out: &mut [f32]| {
+            calls += 1;
+            out.fill(0.0);
+            out[text.len() % out.len()] = 1.0;
+            Ok(())
+        };
+        let (dense, embedded) = DenseIndex::build(&index, 4, 10, None, &mut embed).unwrap();
+        assert_eq!((dense.len(), embedded), (1, 1));
+        assert_eq!(dense.bytes(), 4 * 10 * 4 + 10 * 8, "the full capacity up front");
+        let (again, embedded) = DenseIndex::build(&index, 4, 10, Some(&dense), &mut embed).unwrap();
+        assert_eq!((again.len(), embedded), (1, 0));
+        let (_dir2, bigger) = knowledge(&[("a.md", &"word. ".repeat(200))]);
+        let (capped, _) = DenseIndex::build(&bigger, 4, 1, None, &mut embed).unwrap();
+        assert_eq!(capped.len(), 1, "never more rows than the capacity");
+        assert_eq!(calls, 2, "one embedding for the first build, none for the rebuild, one for the capped one");
+    }
+
+    #[test]
+    fn dense_search_ranks_by_cosine_and_drops_weak_matches() {
+        let mut dense = DenseIndex::with_capacity(2, 4);
+        for v in [[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]] {
+            let row = dense.len;
+            dense.vectors[row * 2..row * 2 + 2].copy_from_slice(&v);
+            dense.text_hashes.push(row as u64);
+            dense.len += 1;
+        }
+        let hits = dense.search(&[0.8, 0.6], 2, 0.0);
+        assert_eq!(hits.iter().map(|h| h.0).collect::<Vec<_>>(), vec![1, 0]);
+        let strong = dense.search(&[0.0, 1.0], 3, 0.7);
+        assert_eq!(strong.iter().map(|h| h.0).collect::<Vec<_>>(), vec![2, 1]);
+    }
+
+    #[test]
+    fn fusion_rewards_agreement_and_says_who_found_what() {
+        let keyword = [(3, 9.0), (1, 5.0)];
+        let dense = [(1, 0.9), (7, 0.8)];
+        let hits = fuse(&keyword, &dense, 60.0, 3);
+        assert_eq!(hits[0].chunk, 1, "found by both");
+        assert_eq!(hits[0].found_by.retriever(), Retrieval::Hybrid);
+        assert_eq!((hits[1].chunk, hits[1].found_by.retriever()), (3, Retrieval::Keyword));
+        assert_eq!((hits[2].chunk, hits[2].found_by.retriever()), (7, Retrieval::Dense));
+        assert_eq!(fuse(&keyword, &[], 60.0, 1).len(), 1);
+        let tie = fuse(&[(3, 9.0)], &[(7, 0.5)], 60.0, 2);
+        assert_eq!(tie.iter().map(|h| h.chunk).collect::<Vec<_>>(), vec![7, 3], "a tie goes to the dense side");
+    }
+
+    #[test]
+    fn entities_from_rules_and_gazetteer() {
+        let (_dir, index) = knowledge(&[("people.md", "Our contact is Maria Rossi at Acme Robotics Inc in Zurich.")]);
+        let text = "Did maria rossi email bob@example.org on 12 May 2024 about 3 robots from www.acme.example?";
+        let entities = extract_entities(text, &index);
+        let kinds: Vec<(&str, &str)> = entities.iter().map(|e| (e.kind.name(), e.text.as_str())).collect();
+        assert!(kinds.contains(&("name", "Maria Rossi")), "{kinds:?}");
+        assert!(kinds.contains(&("email", "bob@example.org")), "{kinds:?}");
+        assert!(kinds.contains(&("date", "12 May 2024")), "{kinds:?}");
+        assert!(kinds.contains(&("number", "3")), "{kinds:?}");
+        assert!(kinds.iter().any(|(k, t)| *k == "url" && t.starts_with("www.acme")), "{kinds:?}");
+        let entities = extract_entities("I met the team of Acme Robotics Inc in Geneva", &index);
+        let kinds: Vec<(&str, &str)> = entities.iter().map(|e| (e.kind.name(), e.text.as_str())).collect();
+        assert!(kinds.contains(&("organization", "Acme Robotics Inc")), "{kinds:?}");
+        assert!(kinds.contains(&("place", "Geneva")), "{kinds:?}");
+    }
+
+    #[test]
+    fn sessions_are_bounded_in_count_and_bytes() {
+        let mut memory = SessionMemory::new(2, 100);
+        memory.remember("a", "hello", "hi");
+        memory.remember("b", "hello", "hi");
+        memory.turns("a"); // a is now more recent than b
+        memory.remember("c", "hello", "hi");
+        assert_eq!(memory.len(), 2);
+        assert!(memory.turns("b").is_empty(), "b was least recently used");
+        assert_eq!(memory.turns("a").len(), 1);
+        for i in 0..20 {
+            memory.remember("a", &format!("question {i} is rather long"), "and so is the answer");
+        }
+        assert!(memory.session_bytes("a") <= 100);
+        assert!(memory.turns("a").last().unwrap().user.contains("19"));
+    }
+
+    #[test]
+    fn answer_cache_is_bounded_in_entries_and_bytes() {
+        let mut cache = AnswerCache::new(3, 400);
+        let answer = |t: &str| CachedAnswer {
+            text: t.into(),
+            cut_by_length: false,
+            prompt_tokens: 1,
+            completion_tokens: 1,
+            output_findings: Vec::new(),
+        };
+        for i in 0..5u8 {
+            cache.insert(AnswerCache::key(&[&[i]]), answer("short"));
+        }
+        assert_eq!(cache.len(), 3);
+        assert!(cache.get(&AnswerCache::key(&[&[0]])).is_none());
+        assert!(cache.get(&AnswerCache::key(&[&[4]])).is_some());
+        cache.insert(AnswerCache::key(&[b"big"]), answer(&"x".repeat(250)));
+        assert!(cache.bytes() <= 400);
+        cache.insert(AnswerCache::key(&[b"huge"]), answer(&"x".repeat(1000)));
+        assert!(cache.get(&AnswerCache::key(&[b"huge"])).is_none(), "larger than the whole cache");
+    }
+}

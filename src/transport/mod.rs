@@ -1,5 +1,0 @@
-//! Transports: where requests come from and answers go back. Each turns its wire format into
-//! [`crate::protocol`] requests and hands them to the daemon's admission queue.
-
-pub mod mqtt;
-pub mod socket;
