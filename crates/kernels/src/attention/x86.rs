@@ -84,7 +84,9 @@ fn dots<const G: usize>(q: &[f32], k: &[f32], scores: &mut [f32]) {
         // SAFETY: j + 16 <= d, and r < G: inside `q` and `k`.
         let qv = unsafe { _mm512_loadu_ps(q.as_ptr().add(j)) };
         for (r, acc) in acc.iter_mut().enumerate() {
-            *acc = _mm512_fmadd_ps(qv, unsafe { _mm512_loadu_ps(k.as_ptr().add(r * d + j)) }, *acc);
+            // SAFETY: r < G and j + 16 <= d: inside key r, which `k` holds (asserted above).
+            let kv = unsafe { _mm512_loadu_ps(k.as_ptr().add(r * d + j)) };
+            *acc = _mm512_fmadd_ps(qv, kv, *acc);
         }
     }
     for (score, acc) in scores.iter_mut().zip(acc) {

@@ -130,6 +130,7 @@ impl Block<'_> {
             // SAFETY: pos < 32 and t < T, so `pos * step + t` is inside `x`.
             let x = unsafe { x.as_ptr().add(pos * step) };
             for (t, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: t < T, so `pos * step + t` is inside the tile's values (as above).
                 let xv = _mm512_set1_ps(unsafe { *x.add(t) });
                 acc[0] = _mm512_fmadd_ps(w[0], xv, acc[0]);
                 acc[1] = _mm512_fmadd_ps(w[1], xv, acc[1]);
