@@ -1,21 +1,41 @@
 //! Safety rules, run on the prompt and again on the answer: detectors for sensitive data (with
-//! validation where one exists), a blocklist of offensive terms and prompt-injection
-//! heuristics. Each rule has an action: `block` (the request ends `blocked`, naming the rule,
-//! never the matched text), `redact` (the span becomes a placeholder such as `[EMAIL]`), or
-//! `flag` (counted and reported).
+//! validation where one exists), a blocklist of offensive terms, and prompt-injection
+//! detection (on the prompt only). Each rule has an action: `block` (the request ends
+//! `blocked`, naming the rule, never the matched text), `redact` (the span becomes a
+//! placeholder such as `[EMAIL]`), or `flag` (counted and reported).
 //!
-//! Scanning allocates nothing that grows with the text beyond the text itself: detections go
-//! into a fixed-capacity `heapless::Vec`.
+//! Every rule that matches is reported, overlapping or not; where spans overlap the strictest
+//! action wins (a `block` anywhere blocks, redaction covers the union of the `redact` spans).
+//!
+//! - [`detectors`]: the built-in formats and their validators.
+//! - [`fold`]: the folded views that disguised text is matched in.
+//! - [`cues`], [`injection`]: the injection detector's lexicon and scoring.
+//!
+//! A scan's working memory is proportional to the text (its folded views); the detections
+//! go into a fixed-capacity `heapless::Vec`.
+
+pub mod cues;
+mod detectors;
+pub mod fold;
+pub mod injection;
 
 use std::collections::BTreeMap;
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use regex::Regex;
 use serde::{Deserialize, Serialize};
-use unicode_normalization::UnicodeNormalization;
+
+pub use detectors::{iban_valid, luhn_valid};
+pub use injection::{Assessment, InjectionConfig, InjectionDetector};
+
+use crate::preprocess::{HIDDEN_CLOSE, HIDDEN_OPEN};
 
 /// Detections kept per scan; more than this and the rest are counted but not listed.
 pub const MAX_DETECTIONS: usize = 32;
+
+/// The longest span a custom rule or blocklist term is assumed to reach when its pattern has
+/// no bound (`.*`): what the output guard holds back for it.
+pub const UNBOUNDED_SPAN_BYTES: usize = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -128,6 +148,8 @@ pub struct SafetyConfig {
     /// Extra offensive terms, one per line (`#` comments).
     pub blocklist_file: Option<std::path::PathBuf>,
     pub custom: Vec<CustomRule>,
+    /// The prompt-injection detector's thresholds (`[safety.injection]`).
+    pub injection: InjectionConfig,
 }
 
 impl Default for SafetyConfig {
@@ -138,6 +160,7 @@ impl Default for SafetyConfig {
             actions: BTreeMap::new(),
             blocklist_file: None,
             custom: Vec::new(),
+            injection: InjectionConfig::default(),
         }
     }
 }
@@ -148,6 +171,19 @@ pub enum SafetyError {
     BadCustomRule { name: String, reason: String },
     #[error("safety.blocklist_file {path}: {reason}")]
     Blocklist { path: String, reason: String },
+    #[error("{key}: {reason}")]
+    Injection { key: &'static str, reason: String },
+}
+
+impl SafetyError {
+    /// The config key the error is about.
+    pub fn key(&self) -> &'static str {
+        match self {
+            SafetyError::BadCustomRule { .. } => "safety.custom",
+            SafetyError::Blocklist { .. } => "safety.blocklist_file",
+            SafetyError::Injection { key, .. } => key,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -163,20 +199,35 @@ pub struct Detection {
 /// Everything one scan found.
 #[derive(Debug, Clone, Default)]
 pub struct ScanReport {
+    /// Every rule that matched, ordered by start (then longest first); spans may overlap.
     pub detections: heapless::Vec<Detection, MAX_DETECTIONS>,
     /// Detections beyond `MAX_DETECTIONS` (counted, acted on, not listed).
     pub overflow: usize,
+    /// Whether one of the overflowed detections blocks.
+    overflow_blocks: bool,
 }
 
 impl ScanReport {
-    /// The first blocking rule, if any.
+    /// The first blocking rule, if any (the strictest action wins wherever spans overlap).
     pub fn blocking_rule(&self) -> Option<&Detection> {
         self.detections.iter().find(|d| d.action == Action::Block)
+    }
+
+    /// Whether the text must be refused: a listed or an overflowed detection blocks.
+    pub fn blocks(&self) -> bool {
+        self.overflow_blocks || self.blocking_rule().is_some()
     }
 
     /// The report as sent to clients: rules and kinds, never the matched text.
     pub fn findings(&self) -> Vec<Finding> {
         self.detections.iter().map(Finding::from).collect()
+    }
+
+    fn push(&mut self, d: Detection) {
+        if let Err(d) = self.detections.push(d) {
+            self.overflow += 1;
+            self.overflow_blocks |= d.action == Action::Block;
+        }
     }
 }
 
@@ -195,16 +246,13 @@ impl From<&Detection> for Finding {
     }
 }
 
-const DEFAULT_BLOCKLIST: &str = include_str!("../../../config/blocklist.txt");
-
-/// Checks a candidate span (span, whole text, span start): Luhn, mod-97, context...
-type Validator = fn(&str, &str, usize) -> bool;
+const DEFAULT_BLOCKLIST: &str = include_str!("../../../../config/blocklist.txt");
 
 struct RegexRule {
     kind: Kind,
     name: String,
     regex: Regex,
-    validate: Validator,
+    validate: detectors::Validator,
 }
 
 pub struct SafetyRules {
@@ -212,7 +260,10 @@ pub struct SafetyRules {
     actions: BTreeMap<Kind, Action>,
     custom_actions: BTreeMap<String, Action>,
     blocklist: AhoCorasick,
-    injection: Vec<Regex>,
+    injection: InjectionDetector,
+    injection_config: InjectionConfig,
+    /// The longest span a custom rule or blocklist term can cover (bytes, bounded).
+    longest_custom_span: usize,
     enabled: bool,
     pub scan_output: bool,
 }
@@ -223,155 +274,35 @@ impl std::fmt::Debug for SafetyRules {
     }
 }
 
-fn always(_: &str, _: &str, _: usize) -> bool {
-    true
-}
-
-fn digits(s: &str) -> impl Iterator<Item = u32> + '_ {
-    s.chars().filter_map(|c| c.to_digit(10))
-}
-
-pub fn luhn_valid(number: &str) -> bool {
-    let ds: Vec<u32> = digits(number).collect();
-    if ds.len() < 12 {
-        return false;
+/// Compiles a custom rule's pattern, refusing one that can match the empty string: it would
+/// match at every position of every text.
+fn compile_custom(rule: &CustomRule) -> Result<(Regex, usize), SafetyError> {
+    let bad = |reason: String| SafetyError::BadCustomRule { name: rule.name.clone(), reason };
+    if rule.name.is_empty() || rule.name.len() > 64 {
+        return Err(bad("name must be 1-64 bytes".into()));
     }
-    let sum: u32 = ds
-        .iter()
-        .rev()
-        .enumerate()
-        .map(|(i, &d)| if i % 2 == 1 { if d * 2 > 9 { d * 2 - 9 } else { d * 2 } } else { d })
-        .sum();
-    sum.is_multiple_of(10)
-}
-
-/// Known issuer prefixes and lengths (Visa, Mastercard, Amex, Discover, JCB, Diners, UnionPay,
-/// Maestro).
-fn card_issuer_known(ds: &str) -> bool {
-    let n = ds.len();
-    let p = |k: usize| ds[..k.min(n)].parse::<u32>().unwrap_or(0);
-    (ds.starts_with('4') && matches!(n, 13 | 16 | 19))
-        || ((51..=55).contains(&p(2)) || (2221..=2720).contains(&p(4))) && n == 16
-        || matches!(p(2), 34 | 37) && n == 15
-        || (ds.starts_with("6011") || ds.starts_with("65") || (644..=649).contains(&p(3))) && (16..=19).contains(&n)
-        || (3528..=3589).contains(&p(4)) && (16..=19).contains(&n)
-        || (matches!(p(2), 36 | 38) || (300..=305).contains(&p(3))) && (14..=19).contains(&n)
-        || ds.starts_with("62") && (16..=19).contains(&n)
-        || (ds.starts_with("50") || (56..=69).contains(&p(2))) && (12..=19).contains(&n)
-}
-
-fn valid_card(span: &str, _: &str, _: usize) -> bool {
-    let ds: String = span.chars().filter(char::is_ascii_digit).collect();
-    // Separators, when used, must be consistent (all spaces or all dashes).
-    let has_space = span.contains(' ');
-    let has_dash = span.contains('-');
-    !(has_space && has_dash) && card_issuer_known(&ds) && luhn_valid(&ds)
-}
-
-pub fn iban_valid(span: &str) -> bool {
-    let compact: String = span.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_ascii_uppercase();
-    if !(15..=34).contains(&compact.len()) {
-        return false;
+    if rule.pattern.trim().is_empty() {
+        return Err(bad("pattern is empty (it would match everywhere)".into()));
     }
-    let rearranged = format!("{}{}", &compact[4..], &compact[..4]);
-    let mut remainder: u32 = 0;
-    for c in rearranged.chars() {
-        let value = match c {
-            '0'..='9' => c as u32 - '0' as u32,
-            'A'..='Z' => c as u32 - 'A' as u32 + 10,
-            _ => return false,
-        };
-        remainder = if value >= 10 { (remainder * 100 + value) % 97 } else { (remainder * 10 + value) % 97 };
+    let hir = regex_syntax::Parser::new().parse(&rule.pattern).map_err(|e| bad(format!("pattern: {e}")))?;
+    let props = hir.properties();
+    if props.minimum_len() == Some(0) {
+        return Err(bad("pattern matches the empty string (it would match everywhere)".into()));
     }
-    remainder == 1
-}
-
-fn valid_iban(span: &str, _: &str, _: usize) -> bool {
-    iban_valid(span)
-}
-
-fn valid_ssn(span: &str, _: &str, _: usize) -> bool {
-    let parts: Vec<&str> = span.split('-').collect();
-    let [area, group, serial] = parts[..] else { return false };
-    area != "000" && area != "666" && !area.starts_with('9') && group != "00" && serial != "0000"
-}
-
-fn preceding(text: &str, start: usize, window: usize) -> &str {
-    let mut from = start.saturating_sub(window);
-    while !text.is_char_boundary(from) {
-        from -= 1;
+    if props.minimum_len().is_none() {
+        return Err(bad("pattern can never match".into()));
     }
-    &text[from..start]
-}
-
-fn valid_phone(span: &str, text: &str, start: usize) -> bool {
-    let n = digits(span).count();
-    if !(7..=15).contains(&n) {
-        return false;
-    }
-    // Dates (03.04.2014) and SSN-shaped numbers (123-45-6789) are not phone numbers.
-    let groups: Vec<usize> = span.split(|c: char| !c.is_ascii_digit()).map(str::len).filter(|l| *l > 0).collect();
-    if matches!(groups[..], [1 | 2, 1 | 2, 2 | 4] | [4, 1 | 2, 1 | 2] | [3, 2, 4]) {
-        return false;
-    }
-    let before = preceding(text, start, 24).to_ascii_lowercase();
-    if ["isbn", "serial", "sn", "order", "invoice", "version", "ref", "tracking"].iter().any(|w| before.contains(w)) {
-        return false;
-    }
-    let international = span.starts_with('+') || span.starts_with("00");
-    let national = span.starts_with('0') || span.starts_with('(');
-    let context =
-        ["call", "phone", "tel", "mobile", "cell", "fax", "contact", "reach", "text me", "number", "ring", "whatsapp"]
-            .iter()
-            .any(|w| before.contains(w));
-    international || national || context
-}
-
-fn valid_ipv4(span: &str, text: &str, start: usize) -> bool {
-    let before = preceding(text, start, 10).to_ascii_lowercase();
-    !(before.ends_with('v') || before.contains("version") || before.ends_with("ver "))
-        && span.parse::<std::net::Ipv4Addr>().is_ok()
-}
-
-fn valid_ipv6(span: &str, _: &str, _: usize) -> bool {
-    span.matches(':').count() >= 2 && span.parse::<std::net::Ipv6Addr>().is_ok()
-}
-
-fn valid_secret(span: &str, _: &str, _: usize) -> bool {
-    let lower = span.to_ascii_lowercase();
-    !["redacted", "changeme!", "********", "<secret>", "xxxxxxxx", "your_api_key", "placeholder"]
-        .iter()
-        .any(|p| lower.contains(p))
+    let regex = regex::RegexBuilder::new(&rule.pattern)
+        .size_limit(1 << 20)
+        .build()
+        .map_err(|e| bad(format!("pattern: {e}")))?;
+    let longest = props.maximum_len().unwrap_or(UNBOUNDED_SPAN_BYTES).min(UNBOUNDED_SPAN_BYTES);
+    Ok((regex, longest))
 }
 
 impl SafetyRules {
     pub fn new(config: &SafetyConfig) -> Result<SafetyRules, SafetyError> {
-        let builtin: Vec<(Kind, &str, Validator)> = vec![
-            (Kind::Card, r"\b(?:\d[ -]?){11,18}\d\b", valid_card),
-            (Kind::Iban, r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b", valid_iban),
-            (
-                Kind::Email,
-                r"\b[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})*\.[A-Za-z]{2,24}\b",
-                always,
-            ),
-            (
-                Kind::Phone,
-                r"(?:\+|\b00)\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]?\d{2,4}){1,4}\b|\(\d{2,5}\)[ .-]?\d{3,4}[ .-]?\d{3,4}\b|\b0\d{1,4}[ /.-]?\d{2,4}(?:[ .-]?\d{2,4}){1,3}\b|\b\d{3}[ .-]\d{3}[ .-]\d{4}\b",
-                valid_phone,
-            ),
-            (Kind::Ip, r"\b(?:\d{1,3}\.){3}\d{1,3}\b", valid_ipv4),
-            (Kind::Ip, r"(?i)(?:[0-9a-f]{0,4}:){2,7}(?:[0-9a-f]{1,4}|:)(?:%[0-9a-z]+)?", valid_ipv6),
-            (Kind::Ssn, r"\b\d{3}-\d{2}-\d{4}\b", valid_ssn),
-            (Kind::AwsKey, r"\b(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}\b", always),
-            (Kind::PrivateKey, r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----", always),
-            (Kind::Jwt, r"\beyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{10,}", always),
-            (
-                Kind::Secret,
-                r#"(?i)\b(?:api[_-]?key|secret(?:[_-]?key)?|access[_-]?token|auth[_-]?token|token|passw(?:or)?d|pwd)\s*[:=]\s*["']?[^\s"',;]{6,}"#,
-                valid_secret,
-            ),
-        ];
-        let mut rules: Vec<RegexRule> = builtin
+        let mut rules: Vec<RegexRule> = detectors::builtin()
             .into_iter()
             .map(|(kind, pattern, validate)| RegexRule {
                 kind,
@@ -381,19 +312,12 @@ impl SafetyRules {
             })
             .collect();
         let mut custom_actions = BTreeMap::new();
+        let mut longest_custom_span = 0;
         for rule in &config.custom {
-            if rule.name.is_empty() || rule.name.len() > 64 {
-                return Err(SafetyError::BadCustomRule {
-                    name: rule.name.clone(),
-                    reason: "name must be 1-64 bytes".into(),
-                });
-            }
-            let regex = regex::RegexBuilder::new(&rule.pattern)
-                .size_limit(1 << 20)
-                .build()
-                .map_err(|e| SafetyError::BadCustomRule { name: rule.name.clone(), reason: e.to_string() })?;
+            let (regex, longest) = compile_custom(rule)?;
+            longest_custom_span = longest_custom_span.max(longest);
             custom_actions.insert(rule.name.clone(), rule.action);
-            rules.push(RegexRule { kind: Kind::Custom, name: rule.name.clone(), regex, validate: always });
+            rules.push(RegexRule { kind: Kind::Custom, name: rule.name.clone(), regex, validate: detectors::always });
         }
         let mut terms: Vec<String> = DEFAULT_BLOCKLIST.lines().filter_map(normalize_term).collect();
         if let Some(path) = &config.blocklist_file {
@@ -401,27 +325,23 @@ impl SafetyRules {
                 .map_err(|e| SafetyError::Blocklist { path: path.display().to_string(), reason: e.to_string() })?;
             terms.extend(text.lines().filter_map(normalize_term));
         }
+        // A one-word term is held back whole with the unfinished word; a phrase needs its
+        // length (twice: its source may hold punctuation between the letters).
+        let longest_term = terms.iter().filter(|t| t.contains(' ')).map(|t| t.len() * 2).max().unwrap_or(0);
+        longest_custom_span = longest_custom_span.max(longest_term.min(UNBOUNDED_SPAN_BYTES));
         let blocklist = AhoCorasickBuilder::new()
             .match_kind(MatchKind::LeftmostLongest)
             .build(&terms)
             .map_err(|e| SafetyError::Blocklist { path: "(built-in)".into(), reason: e.to_string() })?;
-        let injection = [
-            r"\b(?:ignore|disregard|forget|override|bypass)\b(?:\W+\w+){0,3}?\W+(?:previous|prior|above|earlier|preceding|your|system|all)\b(?:\W+\w+){0,2}?\W+(?:instructions?|prompts?|rules|directions|guidelines|messages)\b",
-            r"\byou\s+are\s+now\s+(?:dan|in\s+developer\s+mode|jailbroken|unrestricted|an?\s+unfiltered)\b",
-            r"\bdo\s+anything\s+now\b",
-            r"\b(?:reveal|show|print|repeat|output|tell\s+me|what\s+is|what\s+are|give\s+me)\s+(?:me\s+)?(?:your|the)\s+(?:full\s+|exact\s+|initial\s+|original\s+|hidden\s+)?(?:system\s+prompt|system\s+message|initial\s+prompt|hidden\s+instructions|instructions\s+above)\b",
-            r"\b(?:developer|jailbreak|god)\s+mode\s+(?:enabled|on|activated)\b",
-            r"\bpretend\s+(?:that\s+)?(?:you\s+are|to\s+be)\b[^.]{0,60}\b(?:no|without)\s+(?:restrictions|rules|limits|filters)\b",
-        ]
-        .iter()
-        .map(|p| Regex::new(p).expect("built-in injection patterns compile"))
-        .collect();
+        config.injection.check().map_err(|(key, reason)| SafetyError::Injection { key, reason })?;
         Ok(SafetyRules {
             rules,
             actions: config.actions.clone(),
             custom_actions,
             blocklist,
-            injection,
+            injection: InjectionDetector::new(),
+            injection_config: config.injection.clone(),
+            longest_custom_span,
             enabled: config.enabled,
             scan_output: config.scan_output,
         })
@@ -434,8 +354,30 @@ impl SafetyRules {
         self.actions.get(&kind).copied().unwrap_or_else(|| kind.default_action())
     }
 
-    /// Every detection in `text`, sorted by position, overlaps resolved (first, then longest).
+    /// The longest span (bytes) a custom rule or blocklist term can match: the output guard
+    /// holds back at least this much so that such a span is seen whole before any of it leaves.
+    pub fn longest_custom_span(&self) -> usize {
+        self.longest_custom_span
+    }
+
+    /// Every detection in `text` (a cleaned prompt): the data detectors, the blocklist, text
+    /// that was hidden in invisible characters, and the injection detector.
     pub fn scan(&self, text: &str) -> ScanReport {
+        self.scan_with(text, true)
+    }
+
+    /// The rules that apply to an answer: the same, without the injection detector (a model
+    /// explaining what instructions are is not an attack on it).
+    pub fn scan_answer(&self, text: &str) -> ScanReport {
+        self.scan_with(text, false)
+    }
+
+    /// The injection detector's assessment of a cleaned prompt, whatever the thresholds.
+    pub fn assess_injection(&self, text: &str) -> Option<Assessment> {
+        self.injection.assess(text)
+    }
+
+    fn scan_with(&self, text: &str, prompt: bool) -> ScanReport {
         let mut report = ScanReport::default();
         if !self.enabled {
             return report;
@@ -454,7 +396,7 @@ impl SafetyRules {
                 }
             }
         }
-        let (normalized, offsets) = normalize_for_matching(text);
+        let (normalized, offsets) = fold::blocklist_view(text);
         for m in self.blocklist.find_iter(&normalized) {
             let bytes = normalized.as_bytes();
             let boundary_before = m.start() == 0 || !bytes[m.start() - 1].is_ascii_alphanumeric();
@@ -469,45 +411,96 @@ impl SafetyRules {
                 });
             }
         }
-        // ASCII lower-casing keeps byte offsets; the patterns are ASCII.
-        let lowered = text.to_ascii_lowercase();
-        for regex in &self.injection {
-            for m in regex.find_iter(&lowered) {
-                found.push(Detection {
-                    rule: "injection".into(),
-                    kind: Kind::Injection,
-                    start: m.start(),
-                    end: m.end(),
-                    action: self.action_for(Kind::Injection, "injection"),
-                });
+        if prompt {
+            self.scan_injection(text, &mut found);
+        }
+        found.sort_by(|a, b| a.start.cmp(&b.start).then(b.end.cmp(&a.end)).then(a.action.cmp(&b.action)));
+        // A match wholly inside a longer one whose rule acts at least as strictly is the same
+        // text read twice (an IBAN's digits read as a phone number): it changes nothing and is
+        // not listed. Every other match is, overlapping or not.
+        let mut kept: Vec<Detection> = Vec::with_capacity(found.len());
+        for d in found {
+            let inside = kept.iter().any(|k| {
+                k.start <= d.start
+                    && d.end <= k.end
+                    && k.action <= d.action
+                    && (k.rule != d.rule || k.end - k.start > d.end - d.start)
+            });
+            let duplicate = kept.iter().any(|k| k.rule == d.rule && k.start == d.start && k.end == d.end);
+            if !inside && !duplicate {
+                kept.push(d);
             }
         }
-        found.sort_by(|a, b| a.start.cmp(&b.start).then(b.end.cmp(&a.end)));
-        let mut last_end = 0;
-        for d in found {
-            if d.start < last_end {
-                continue; // overlaps a longer or earlier detection
-            }
-            last_end = d.end;
-            if report.detections.push(d).is_err() {
-                report.overflow += 1;
-            }
+        for d in kept {
+            report.push(d);
         }
         report
     }
 
-    /// `text` with every `redact` span replaced by its placeholder.
+    fn scan_injection(&self, text: &str, found: &mut Vec<Detection>) {
+        let configured = self.action_for(Kind::Injection, "injection");
+        // Text hidden in tag characters or variation selectors is an injection technique in
+        // itself, whatever it says.
+        for (start, end) in hidden_spans(text) {
+            found.push(Detection { rule: "injection".into(), kind: Kind::Injection, start, end, action: configured });
+        }
+        let config = &self.injection_config;
+        if !config.enabled {
+            return;
+        }
+        let Some(a) = self.injection.assess(text) else { return };
+        let action = if a.score >= config.block_score {
+            configured
+        } else if a.score >= config.flag_score {
+            Action::Flag
+        } else {
+            return;
+        };
+        tracing::debug!(score = a.score, reason = a.reason, ?action, "injection cues");
+        found.push(Detection { rule: "injection".into(), kind: Kind::Injection, start: a.start, end: a.end, action });
+    }
+
+    /// `text` with every `redact` span replaced by its placeholder (overlapping spans are
+    /// merged and get the placeholder of the one that starts first), and any text that
+    /// cleaning kept apart from invisible characters removed, whatever the report says: the
+    /// model never reads it.
     pub fn redact(&self, text: &str, report: &ScanReport) -> String {
+        let mut spans: Vec<(usize, usize, &'static str)> = report
+            .detections
+            .iter()
+            .filter(|d| d.action == Action::Redact)
+            .map(|d| (d.start, d.end, d.kind.placeholder()))
+            .collect();
+        spans.extend(hidden_spans(text).into_iter().map(|(s, e)| (s, e, "")));
+        spans.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
         let mut out = String::with_capacity(text.len());
         let mut at = 0;
-        for d in report.detections.iter().filter(|d| d.action == Action::Redact) {
-            out.push_str(&text[at..d.start]);
-            out.push_str(d.kind.placeholder());
-            at = d.end;
+        for (start, end, placeholder) in spans {
+            if end <= at {
+                continue; // inside a span already replaced
+            }
+            if start >= at {
+                out.push_str(&text[at..start]);
+                out.push_str(placeholder);
+            }
+            at = end;
         }
         out.push_str(&text[at..]);
         out
     }
+}
+
+/// Spans (bytes) of text kept apart by cleaning, between `HIDDEN_OPEN` and `HIDDEN_CLOSE`.
+fn hidden_spans(text: &str) -> Vec<(usize, usize)> {
+    let mut spans = Vec::new();
+    let mut from = 0;
+    while let Some(open) = text[from..].find(HIDDEN_OPEN).map(|i| i + from) {
+        let body = open + HIDDEN_OPEN.len_utf8();
+        let end = text[body..].find(HIDDEN_CLOSE).map(|i| body + i + HIDDEN_CLOSE.len_utf8()).unwrap_or(text.len());
+        spans.push((open, end));
+        from = end;
+    }
+    spans
 }
 
 fn char_len_at(text: &str, at: usize) -> usize {
@@ -519,58 +512,7 @@ fn normalize_term(line: &str) -> Option<String> {
     if line.is_empty() || line.starts_with('#') {
         return None;
     }
-    Some(normalize_for_matching(line).0)
-}
-
-/// Folds text for blocklist matching so that case, accents, leetspeak and punctuation
-/// inserted between letters do not hide a term. Returns the folded ASCII text and, for each
-/// of its bytes, the byte offset in `text` it came from.
-fn normalize_for_matching(text: &str) -> (String, Vec<usize>) {
-    let chars: Vec<(usize, char)> = text.char_indices().collect();
-    let mut out = String::with_capacity(text.len());
-    let mut offsets = Vec::with_capacity(text.len());
-    let mut pending_gap: Option<usize> = None;
-    let mut prev_letter = false;
-    let letter_at = |i: usize| chars.get(i).is_some_and(|(_, c)| c.is_alphabetic());
-    for (i, &(at, c)) in chars.iter().enumerate() {
-        let leet = match c {
-            '0' => Some('o'),
-            '1' | '!' | '|' => Some('i'),
-            '3' => Some('e'),
-            '4' | '@' => Some('a'),
-            '5' | '$' => Some('s'),
-            '7' => Some('t'),
-            _ => None,
-        };
-        // Leetspeak only inside a word ("sh1t", "b!tch"), so "2024" and "hello!" stay as they are.
-        let in_word = prev_letter || letter_at(i + 1);
-        let folded = match leet {
-            Some(letter) if in_word => Some(letter),
-            _ => c.to_string().nfkd().find(|d| d.is_ascii_alphanumeric()).map(|b| b.to_ascii_lowercase()),
-        };
-        match folded {
-            Some(letter) => {
-                pending_gap = None;
-                out.push(letter);
-                offsets.push(at);
-                prev_letter = true;
-            }
-            None => {
-                // Punctuation between two letters ("f.u.c.k", "s-h-i-t") is skipped; spaces and
-                // anything else keep the word boundary.
-                let is_joiner = matches!(c, '.' | '-' | '_' | '*' | '\'' | '"' | '~' | '^' | '+' | ',');
-                if prev_letter && is_joiner && pending_gap.is_none() && letter_at(i + 1) {
-                    pending_gap = Some(at);
-                    continue;
-                }
-                pending_gap = None;
-                out.push(' ');
-                offsets.push(at);
-                prev_letter = false;
-            }
-        }
-    }
-    (out, offsets)
+    Some(fold::blocklist_view(line).0)
 }
 
 #[cfg(test)]
