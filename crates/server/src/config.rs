@@ -419,8 +419,10 @@ impl Config {
         if e.model_dir.as_ref().is_none_or(|d| d.as_os_str().is_empty()) {
             e.model_dir = Some(default_embedding_dir(&self.model.dir));
         }
+        // Custom rules (an empty pattern, or one that matches the empty string, would match
+        // everywhere), the blocklist file and the injection thresholds, each under its key.
         if let Err(e) = edgellm_text::safety::SafetyRules::new(&self.safety) {
-            return Err(invalid("safety", e.to_string()));
+            return Err(invalid(e.key(), e.to_string()));
         }
         if self.queue.capacity == 0 || self.queue.capacity > 4096 {
             return Err(invalid("queue.capacity", "must be between 1 and 4096"));
@@ -561,6 +563,20 @@ mod tests {
         assert!(err.contains("socket.mode"), "{err}");
         let err = Config::from_toml("[generation]\nmax_new_tokens = 4000\n").unwrap_err().to_string();
         assert!(err.contains("generation.max_new_tokens"), "{err}");
+    }
+
+    #[test]
+    fn safety_patterns_that_match_everywhere_are_refused_with_their_key() {
+        for pattern in ["", "  ", "a*", "(?:)", "\\b", "^", "x?|y"] {
+            let toml = format!("[safety]\ncustom = [{{ name = \"bad\", pattern = '{pattern}' }}]\n");
+            let err = Config::from_toml(&toml).unwrap_err().to_string();
+            assert!(err.contains("safety.custom") && err.contains("bad"), "{pattern:?}: {err}");
+        }
+        assert!(Config::from_toml("[safety]\ncustom = [{ name = \"ok\", pattern = 'EMP-\\d{6}' }]\n").is_ok());
+        let err = Config::from_toml("[safety.injection]\nblock_score = 0.2\n").unwrap_err().to_string();
+        assert!(err.contains("safety.injection.block_score"), "{err}");
+        let err = Config::from_toml("[safety.injection]\nthreshold = 1\n").unwrap_err().to_string();
+        assert!(err.contains("threshold"), "{err}");
     }
 
     #[test]
