@@ -89,8 +89,10 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Run the safety rules over lines of text (stdin or a file): one JSON object per line
-    /// with every detection (rule, kind, byte span, action).
+    /// Run each line of text (stdin or a file) through what the daemon runs on a prompt
+    /// (cleaning, then the safety rules): one JSON object per line with every detection (rule,
+    /// kind, byte span in the cleaned line, action) and the blocking rule, or why the line
+    /// would be refused.
     Scan {
         /// File to read; stdin when absent.
         file: Option<PathBuf>,
@@ -217,19 +219,28 @@ impl<W: Write> AnswerSink for StdoutSink<W> {
     }
 }
 
-/// `edgellm scan`: the safety rules over each line of `input`.
+/// `edgellm scan`: each line of `input` through exactly what the daemon runs on a prompt:
+/// cleaning (`preprocess::clean` with `limits.max_prompt_bytes`), then the safety rules. Spans
+/// are byte offsets in the cleaned line; a line the daemon would refuse says why (`error`).
 pub fn scan(config: &Config, input: impl std::io::BufRead, mut out: impl Write) -> anyhow::Result<()> {
     let rules = edgellm_text::safety::SafetyRules::new(&config.safety)?;
     for (n, line) in input.split(b'\n').enumerate() {
         let line = line?;
-        let text = String::from_utf8_lossy(&line);
-        let report = rules.scan(&text);
-        let detections: Vec<_> = report
-            .detections
-            .iter()
-            .map(|d| serde_json::json!({"rule": d.rule, "kind": d.kind, "start": d.start, "end": d.end, "action": d.action}))
-            .collect();
-        writeln!(out, "{}", serde_json::json!({"line": n + 1, "detections": detections, "overflow": report.overflow}))?;
+        let line = line.strip_suffix(b"\r").unwrap_or(&line);
+        let result = match edgellm_text::preprocess::clean_bytes(line, config.limits.max_prompt_bytes) {
+            Err(e) => serde_json::json!({"line": n + 1, "error": e.to_string()}),
+            Ok(cleaned) => {
+                let report = rules.scan(&cleaned);
+                let detections: Vec<_> = report
+                    .detections
+                    .iter()
+                    .map(|d| serde_json::json!({"rule": d.rule, "kind": d.kind, "start": d.start, "end": d.end, "action": d.action}))
+                    .collect();
+                let blocked = report.blocking_rule().map(|d| d.rule.clone());
+                serde_json::json!({"line": n + 1, "detections": detections, "overflow": report.overflow, "blocked": blocked})
+            }
+        };
+        writeln!(out, "{result}")?;
     }
     Ok(())
 }
