@@ -18,17 +18,28 @@ use unicode_normalization::char::is_combining_mark;
 pub struct View {
     pub text: String,
     pub offsets: Vec<usize>,
-    /// Per byte of `text`: inside a word that was joined from pieces, where cues need no word
-    /// boundary.
+    /// Per byte of `text`: inside a word that was joined from pieces ("i g n o r e",
+    /// "IGN-ORE"), where cues written without spaces may match across the pieces.
     pub glued: Vec<bool>,
+    /// Per byte of `text`: the last byte of a piece (a letter spaced on its own, a part
+    /// between joiners, a word): a cue matched in glued text starts and ends on pieces.
+    pub piece_end: Vec<bool>,
 }
 
 impl View {
-    fn push(&mut self, c: char, from: usize) {
+    pub fn push(&mut self, c: char, from: usize) {
         self.text.push(c);
         for _ in 0..c.len_utf8() {
             self.offsets.push(from);
             self.glued.push(false);
+            self.piece_end.push(false);
+        }
+    }
+
+    /// Marks the last byte pushed as the end of a piece.
+    pub fn end_piece(&mut self) {
+        if let Some(last) = self.piece_end.last_mut() {
+            *last = true;
         }
     }
 
@@ -180,21 +191,25 @@ pub fn skeleton_view(text: &str) -> View {
         }
     }
     // 3. Words: letters with joiners between them glued; everything else a break.
-    let mut words: Vec<(Vec<(char, usize)>, bool)> = Vec::new(); // (letters, glued)
-    let mut current: Vec<(char, usize)> = Vec::new();
+    type Letters = Vec<(char, usize, bool)>; // (letter, source byte, ends a piece)
+    let mut words: Vec<(Letters, bool)> = Vec::new(); // (letters, glued)
+    let mut current: Letters = Vec::new();
     let mut glued = false;
     let mut breaks: Vec<Option<(char, usize)>> = Vec::new(); // what follows each word
     let mut i = 0;
     while i < chars.len() {
         let (c, at) = chars[i];
         if c.is_alphanumeric() {
-            current.push((c, at));
+            current.push((c, at, false));
         } else if is_joiner(c)
             && !current.is_empty()
             && chars.get(i + 1).is_some_and(|(n, _)| n.is_alphanumeric())
-            && current.last().is_some_and(|(p, _)| p.is_alphabetic())
+            && current.last().is_some_and(|(p, _, _)| p.is_alphabetic())
         {
             glued = true;
+            if let Some(last) = current.last_mut() {
+                last.2 = true;
+            }
         } else {
             if !current.is_empty() {
                 words.push((std::mem::take(&mut current), glued));
@@ -231,9 +246,13 @@ pub fn skeleton_view(text: &str) -> View {
         }
         let start = view.text.len();
         for (letters, _) in &words[from..to] {
-            for &(c, at) in letters {
+            for &(c, at, ends) in letters {
                 view.push(c, at);
+                if ends {
+                    view.end_piece();
+                }
             }
+            view.end_piece();
         }
         if glue {
             for g in &mut view.glued[start..] {
@@ -328,7 +347,11 @@ mod tests {
             assert_eq!(v.text, expected, "{text}");
             assert_eq!(v.offsets.len(), v.text.len());
         }
-        assert!(skeleton_view("d i s r e g a r d").glued.iter().all(|g| *g));
+        let v = skeleton_view("d i s r e g a r d");
+        assert!(v.glued.iter().all(|g| *g) && v.piece_end.iter().all(|g| *g));
+        let v = skeleton_view("shared-library");
+        assert_eq!(v.text, "sharedlibrary");
+        assert_eq!(v.piece_end.iter().filter(|e| **e).count(), 2);
     }
 
     #[test]

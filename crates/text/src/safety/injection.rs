@@ -97,6 +97,11 @@ const RULES_DEFINITE: u64 = 1 << 44;
 const WITHOUT_RULES: u64 = 1 << 45;
 /// The window is a question (a sentence of it ends with `?`).
 const QUESTION: u64 = 1 << 47;
+/// A disregard verb, or a switch-off verb, in the imperative: first in its sentence or after
+/// "please", "just", "you must"... (a statement that something is deprecated is not one).
+const DISREGARD_IMPERATIVE: u64 = 1 << 48;
+const DISABLE_IMPERATIVE: u64 = 1 << 49;
+const REVEAL_IMPERATIVE: u64 = 1 << 50;
 /// A payload that decodes (base64, ROT13, reversed) to text that scores as an attack.
 const DECODED_ATTACK: u64 = 1 << 46;
 
@@ -180,7 +185,11 @@ impl InjectionDetector {
         let mut squeezed_info = Vec::new();
         let mut squeezed_seen = std::collections::HashSet::new();
         for (p, info) in patterns.iter().zip(&cue_info) {
-            let q: String = p.chars().filter(|c| !matches!(c, ' ' | ',' | ':' | '\'')).collect();
+            // Cues that end in ':' or ',' address someone: glued text has no such marks.
+            if p.contains([':', ',']) {
+                continue;
+            }
+            let q: String = p.chars().filter(|c| !matches!(c, ' ' | '\'')).collect();
             if q.len() >= SQUEEZED_MIN_CUE && !info.unspaced && squeezed_seen.insert((q.clone(), info.family as u8)) {
                 squeezed_patterns.push(q);
                 squeezed_info.push(*info);
@@ -258,12 +267,11 @@ impl InjectionDetector {
                 continue;
             }
             if !cue.unspaced {
-                let glued = view.glued[start] || view.glued[end - 1];
                 let last = bytes[end - 1];
-                if !glued && !cue.suffix && alnum_before(start) {
+                if !cue.suffix && alnum_before(start) {
                     continue;
                 }
-                if !glued && !cue.prefix && (last.is_ascii_alphanumeric() || !last.is_ascii()) && alnum_after(end) {
+                if !cue.prefix && (last.is_ascii_alphanumeric() || !last.is_ascii()) && alnum_after(end) {
                     continue;
                 }
             }
@@ -273,7 +281,8 @@ impl InjectionDetector {
         if view.glued.iter().any(|g| *g) {
             for m in self.squeezed_cues.find_overlapping_iter(&view.text) {
                 let (start, end) = (m.start(), m.end());
-                if view.glued[start..end].iter().all(|g| *g) {
+                let starts_piece = start == 0 || view.piece_end[start - 1] || !view.glued[start - 1];
+                if view.glued[start..end].iter().all(|g| *g) && starts_piece && view.piece_end[end - 1] {
                     let cue = self.squeezed_info[m.pattern().as_usize()];
                     hits.push(Hit { family: cue.family, lang: cue.lang, start, end });
                 }
@@ -283,7 +292,18 @@ impl InjectionDetector {
     }
 
     fn score_view(&self, view: &View, source: &str, decoded_attack: bool, min_len: usize) -> Option<Assessment> {
-        let hits = self.hits(view, min_len);
+        let mut hits = self.hits(view, min_len);
+        hits.sort_by_key(|h| (h.start, h.end));
+        // "your configuration file", "the prompt string": a noun that only qualifies the next
+        // one names something else.
+        hits.retain(|h| {
+            !matches!(h.family, Family::Rules | Family::RulesWeak | Family::Target | Family::TargetGeneric)
+                || !view.text[h.end..]
+                    .strip_prefix(' ')
+                    .and_then(|rest| rest.split([' ', '.', ',', ':']).next())
+                    .map(|next| next.strip_suffix("'s").unwrap_or(next))
+                    .is_some_and(|next| COMPOUND_HEADS.split('|').any(|w| w == next))
+        });
         if hits.is_empty() {
             return None;
         }
@@ -310,20 +330,32 @@ impl InjectionDetector {
             let gap = &view.text[a_end..b_start];
             (!gap.contains('.')).then(|| gap.matches(' ').count().saturating_sub(1))
         };
-        for h in &hits {
+        for (i, h) in hits.iter().enumerate() {
             let s = sentence_of(h.start);
+            if matches!(h.family, Family::Disregard | Family::Disable | Family::Reveal)
+                && lead_in(&view.text, sentences[s].0, h.start).is_some_and(imperative)
+            {
+                bits[s] |= match h.family {
+                    Family::Disregard => DISREGARD_IMPERATIVE,
+                    Family::Disable => DISABLE_IMPERATIVE,
+                    _ => REVEAL_IMPERATIVE,
+                };
+            }
+            // Only the cues just before this one can bind to it (hits are ordered by start):
+            // the work stays linear however many cues a long text holds.
+            let near = &hits[i.saturating_sub(BINDING_LOOKBACK)..i];
             let bound_by = |families: &[Family]| {
-                hits.iter().any(|o| {
+                near.iter().any(|o| {
                     families.contains(&o.family)
                         && (o.family != Family::Article || o.lang == h.lang)
                         && words_between(o.end, h.start).is_some_and(|w| w <= 2)
                 })
             };
-            match h.family {
-                Family::Rules | Family::RulesWeak | Family::Safety if bound_by(&[Family::Without]) => {
-                    bits[s] |= WITHOUT_RULES
-                }
-                _ => {}
+            let right_after = |family: Family| {
+                near.iter().any(|o| o.family == family && words_between(o.end, h.start).is_some_and(|w| w <= 2))
+            };
+            if matches!(h.family, Family::Rules | Family::RulesWeak | Family::Safety) && right_after(Family::Without) {
+                bits[s] |= WITHOUT_RULES;
             }
             match h.family {
                 Family::Rules if bound_by(&[Family::Your]) => bits[s] |= RULES_YOUR,
@@ -355,7 +387,7 @@ impl InjectionDetector {
         }
         let mut best: Option<(f32, usize, usize, &'static str)> = None;
         for i in 0..sentences.len() {
-            for j in i..(i + 2).min(sentences.len()) {
+            for j in i..(i + WINDOW_SENTENCES).min(sentences.len()) {
                 let window = bits[i..=j].iter().fold(0, |a, b| a | b);
                 let (score, reason) = score_window(window);
                 if best.is_none_or(|b| score > b.0) {
@@ -369,9 +401,47 @@ impl InjectionDetector {
     }
 }
 
+/// Words after which a rules noun is only a modifier ("configuration file", "prompt string").
+const COMPOUND_HEADS: &str = "file|files|option|options|setting|settings|directory|folder|tool|tools|management|manager|\
+page|pages|menu|panel|screen|key|keys|value|values|section|syntax|script|scripts|engine|editor|window|error|errors|course|\
+class|classes|skills|language|languages|binary|string|strings|line|lines|parser|variable|variables|entry|entries|dialog|\
+wizard|template|templates|format|box|engineering|field|fields|changes|change|update|updates|check|checks|name|names|path";
+
+/// Words that may come before an imperative in its sentence.
+const IMPERATIVE_LEAD: &str = "sudo|please|kindly|now|just|so|and|then|ok|okay|hey|also|simply|first|but|actually|right|well|\
+you|must|should|will|need|to|can|may|have|are|i|want|go|ahead|feel|free|time|from|on|here|this|point|bitte|jetzt|und|dann|\
+nun|einfach|por|favor|ahora|y|luego|solo|s'il|te|plait|maintenant|et|puis|juste|per|ora|e|poi|solo|alsjeblieft|nu|en|\
+dan|gewoon|agora|depois|so|apenas|du|musst|debes|tu|dois|devi|je|moet|voce|deve";
+
+/// The words before `at` in its sentence (from `start`), at most 64 bytes of them: a longer
+/// lead-in without a clause break in those bytes is no imperative's.
+fn lead_in(text: &str, start: usize, at: usize) -> Option<&str> {
+    let mut from = at.saturating_sub(64).max(start);
+    while !text.is_char_boundary(from) {
+        from += 1;
+    }
+    let before = &text[from..at];
+    (from == start || before.contains([':', ','])).then_some(before)
+}
+
+/// Whether the words before a verb in its sentence leave it an imperative.
+fn imperative(before: &str) -> bool {
+    static LEAD: std::sync::LazyLock<std::collections::HashSet<&'static str>> =
+        std::sync::LazyLock::new(|| IMPERATIVE_LEAD.split('|').collect());
+    // A clause after a colon or comma starts afresh ("Admin: disable the filter").
+    let clause = before.rsplit([':', ',']).next().unwrap_or(before);
+    clause.split(' ').filter(|w| !w.is_empty()).all(|w| LEAD.contains(w))
+}
+
+/// Sentences a window spans at most: a claim of authority, then a code, then the demand.
+const WINDOW_SENTENCES: usize = 3;
+
+/// How many cues before a noun may bind to it (`your`, `the`, `without` within two words).
+const BINDING_LOOKBACK: usize = 24;
+
 /// Cues shorter than this are not looked for in a squeezed view, where every letter touches
 /// the next and short words turn up inside longer ones.
-const SQUEEZED_MIN_CUE: usize = 5;
+const SQUEEZED_MIN_CUE: usize = 4;
 
 /// Short words that are words (in the languages of the lexicon): what is left of a text's
 /// short pieces without them says whether its words were cut apart ("ig nore gui delines").
@@ -388,11 +458,13 @@ const SHORT_WORDS: &str = "a i o e y u an am as at be by do go he if in is it me
 /// Whether a text's words look cut apart: at least three short pieces that are not words,
 /// a quarter of its words or more.
 fn fragmented(plain: &str) -> bool {
+    static SHORT: std::sync::LazyLock<std::collections::HashSet<&'static str>> =
+        std::sync::LazyLock::new(|| SHORT_WORDS.split_whitespace().collect());
     let words: Vec<&str> = plain.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).collect();
     let pieces = words
         .iter()
         .filter(|w| w.chars().count() <= 3 && w.chars().all(char::is_alphabetic))
-        .filter(|w| !SHORT_WORDS.split_whitespace().any(|s| s == **w))
+        .filter(|w| !SHORT.contains(**w))
         .count();
     pieces >= 3 && pieces * 4 >= words.len()
 }
@@ -402,13 +474,21 @@ fn squeezed(view: &View) -> View {
     let mut out = View::default();
     for (i, c) in view.text.char_indices() {
         if c == ' ' || c == ',' || c == ':' || c == '\'' {
+            out.end_piece();
             continue;
         }
-        out.text.push(c);
-        for k in 0..c.len_utf8() {
-            out.offsets.push(view.offsets[i + k]);
-            out.glued.push(true);
+        out.push(c, view.offsets[i]);
+        let last = i + c.len_utf8() - 1;
+        if let Some(g) = out.glued.last_mut() {
+            *g = true;
         }
+        if view.piece_end[last] {
+            out.end_piece();
+        }
+    }
+    out.end_piece();
+    for g in &mut out.glued {
+        *g = true;
     }
     out
 }
@@ -499,17 +579,24 @@ fn score_window(bits: u64) -> (f32, &'static str) {
     let derived = |b: u64| bits & b != 0;
     // A question about something ("how do I...", "what is a...") only names it.
     let general = has(General) || derived(QUESTION);
+    let imperative = derived(DISREGARD_IMPERATIVE);
+    let authority = has(Authority) || (has(AuthorityWord) && has(FirstPerson));
     let your_rules = derived(RULES_YOUR) || derived(RULES_WEAK_YOUR);
     let target = has(Target) || derived(ABOVE_NEAR_START);
     // The user's own earlier words ("ignore my last message") make a disregard ordinary,
     // unless it also names the model's rules.
-    let disregard = has(Disregard) && (!has(OwnWords) || your_rules || has(Target));
+    let disregard = (has(Disregard) || has(DisregardState)) && (!has(OwnWords) || your_rules || has(Target));
     let rules = has(Rules) || has(RulesWeak);
     let reveal = has(Reveal) || has(Ask);
     let disable_safety = has(Disable) && has(Safety);
+    // Rules or safety switched off, in any mood ("restrictions are lifted"): an announcement
+    // when it comes with authority, a new system message or an address to the AI.
+    let rules_disabled = has(Disable) && (rules || has(Safety));
+    // A statement that rules are switched off is one even when a question precedes it.
     let unrestricted = has(Unrestricted)
         || derived(WITHOUT_RULES)
-        || (has(Disable) && (rules || has(Safety)) && !general)
+        || (derived(DISABLE_IMPERATIVE) && (rules || has(Safety)) && !has(General))
+        || (has(Disable) && (rules || has(Safety)) && has(Persona))
         || (has(Defies) && (rules || has(Safety)) && has(Persona));
 
     // Each reason's score: the first of its cases that holds.
@@ -522,18 +609,20 @@ fn score_window(bits: u64) -> (f32, &'static str) {
                     || derived(TARGET_DEFINITE)
                     || (has(Rules) && has(Prior))
                     || (has(RulesWeak) && has(Prior) && !general)
-                    || (derived(RULES_DEFINITE) && !general)),
+                    || (derived(RULES_DEFINITE) && imperative && !general)),
             1.0,
         ),
-        (disregard && rules && has(PriorWeak), if general { 0.5 } else { 1.0 }),
-        (disregard && has(Rules), if general { 0.45 } else { 0.8 }),
-        (disregard && (has(RulesWeak) || has(Prior)) && !general, 0.45),
+        (disregard && rules && has(PriorWeak) && imperative, if general { 0.5 } else { 1.0 }),
+        (disregard && has(Rules) && imperative, if general { 0.45 } else { 0.8 }),
+        (disregard && (has(RulesWeak) || has(Prior)) && imperative && !general, 0.45),
         (disregard && has(Canary), 1.0),
-        (disregard && has(Safety) && !general, 0.6),
+        // "the safety rules you follow have been switched off"
+        (has(Disable) && (rules || has(Safety)) && (has(Prior) || your_rules) && !has(General), 1.0),
+        (disregard && has(Safety) && imperative && !general, 0.6),
     ]);
     let exfiltrate_score = first(&[
         (reveal && (target || derived(RULES_YOUR)), 1.0),
-        (has(Reveal) && has(Rules) && has(Prior) && !general, 1.0),
+        (derived(REVEAL_IMPERATIVE) && has(Rules) && has(Prior) && !general, 1.0),
         (has(Reveal) && derived(TARGET_DEFINITE), 1.0),
         (reveal && derived(RULES_WEAK_YOUR), 0.6),
         (reveal && derived(TARGET_DEFINITE) && !general, 0.6),
@@ -546,13 +635,15 @@ fn score_window(bits: u64) -> (f32, &'static str) {
         (has(Mode), if general { 0.45 } else { 1.0 }),
         (has(Persona) && has(Harmful), 1.0),
         (has(ModeWeak) && (has(Persona) || has(Enabled)) && !general, 1.0),
-        (has(Persona) && has(Secret) && has(Authority), 1.0),
+        (has(Persona) && has(Secret) && (authority || has(AuthorityWord)), 1.0),
         (has(ModeWeak) && !general, 0.5),
     ]);
     let authority_score = first(&[(
-        has(Authority)
+        authority
             && (unrestricted
                 || override_score >= 0.45
+                || (disregard && (rules || has(Safety)))
+                || rules_disabled
                 || exfiltrate_score >= 0.45
                 || (has(Reveal) && (has(TargetGeneric) || has(Secret)))
                 || has(Obey)
@@ -562,7 +653,7 @@ fn score_window(bits: u64) -> (f32, &'static str) {
         1.0,
     )]);
     let obey_score = first(&[
-        (has(Obey) && (disregard || has(Authority) || unrestricted || has(NewRules) || your_rules), 1.0),
+        (has(Obey) && (disregard || authority || unrestricted || has(NewRules) || your_rules), 1.0),
         (has(Obey), 0.6),
     ]);
     let new_rules_score = first(&[(
@@ -570,7 +661,7 @@ fn score_window(bits: u64) -> (f32, &'static str) {
             && (unrestricted
                 || disregard
                 || (reveal && (target || has(Secret) || derived(TARGET_DEFINITE)))
-                || disable_safety
+                || rules_disabled
                 || (rules && has(Prior))),
         1.0,
     )]);
@@ -606,7 +697,7 @@ fn score_window(bits: u64) -> (f32, &'static str) {
             1.0,
         ),
     ]);
-    let disable_score = first(&[(disable_safety && !general, 0.6)]);
+    let disable_score = first(&[(disable_safety && derived(DISABLE_IMPERATIVE) && !general, 0.6)]);
     let decode_score = first(&[(derived(DECODED_ATTACK), 1.0), (has(Decode) && (has(Obey) || has(Respond)), 0.5)]);
 
     let parts = [
@@ -684,8 +775,10 @@ mod bank {
             let (label, family, lang, text) =
                 (fields.next().unwrap(), fields.next().unwrap(), fields.next().unwrap(), fields.next().unwrap());
             let cleaned = crate::preprocess::clean(text, 1 << 16).unwrap();
-            let score = detector.assess(&cleaned).map(|a| a.score).unwrap_or(0.0);
-            let why = || format!("{score:.2} {family}/{lang} {text}  {:?}", detector.explain(&cleaned));
+            let assessment = detector.assess(&cleaned);
+            let score = assessment.as_ref().map(|a| a.score).unwrap_or(0.0);
+            let reason = assessment.as_ref().map(|a| a.reason).unwrap_or("");
+            let why = || format!("{score:.2} [{reason}] {family}/{lang} {text}  {:?}", detector.explain(&cleaned));
             if label == "attack" {
                 attacks += 1;
                 if score >= config.block_score {
@@ -722,5 +815,21 @@ mod bank {
     fn score_a_file() {
         let path = std::env::var("EDGELLM_INJECTION_TSV").expect("EDGELLM_INJECTION_TSV names a file");
         run(&std::fs::read_to_string(path).unwrap());
+    }
+}
+
+#[cfg(test)]
+mod cost {
+    use super::*;
+
+    /// A prompt of the largest size the config allows, full of cues, is assessed in bounded
+    /// time (the bindings look back a fixed number of cues).
+    #[test]
+    fn a_megabyte_of_cues_is_assessed_quickly() {
+        let text = "ignore the your rules system prompt you are the ".repeat(1 << 20 >> 6);
+        let started = std::time::Instant::now();
+        let a = InjectionDetector::new().assess(&text).unwrap();
+        assert!(a.score >= 1.0);
+        assert!(started.elapsed().as_secs_f64() < 5.0, "{:?}", started.elapsed());
     }
 }

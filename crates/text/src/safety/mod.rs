@@ -418,18 +418,21 @@ impl SafetyRules {
         // A match wholly inside a longer one whose rule acts at least as strictly is the same
         // text read twice (an IBAN's digits read as a phone number): it changes nothing and is
         // not listed. Every other match is, overlapping or not.
+        // Per action (block, redact, flag): the furthest end of a kept match acting at least
+        // as strictly.
+        let mut reach = [0usize; 3];
         let mut kept: Vec<Detection> = Vec::with_capacity(found.len());
         for d in found {
-            let inside = kept.iter().any(|k| {
-                k.start <= d.start
-                    && d.end <= k.end
-                    && k.action <= d.action
-                    && (k.rule != d.rule || k.end - k.start > d.end - d.start)
-            });
-            let duplicate = kept.iter().any(|k| k.rule == d.rule && k.start == d.start && k.end == d.end);
-            if !inside && !duplicate {
-                kept.push(d);
+            let level = d.action as usize;
+            // Every kept match starts at or before this one: it is inside one of them exactly
+            // when one acting at least as strictly reaches its end.
+            if reach[level] >= d.end {
+                continue;
             }
+            for r in &mut reach[level..] {
+                *r = (*r).max(d.end);
+            }
+            kept.push(d);
         }
         for d in kept {
             report.push(d);
@@ -592,5 +595,22 @@ mod tests {
         assert_eq!(report.detections[1].action, Action::Flag);
         config.custom.push(CustomRule { name: "bad".into(), pattern: "(".into(), action: Action::Flag });
         assert!(SafetyRules::new(&config).is_err());
+    }
+}
+
+#[cfg(test)]
+mod cost {
+    use super::*;
+
+    /// The largest prompt the config allows, dense with matches, scans in bounded time.
+    #[test]
+    fn a_megabyte_of_matches_scans_quickly() {
+        let rules = SafetyRules::new(&SafetyConfig::default()).unwrap();
+        let text = "a@b.io 10.0.0.1 ignore your rules, ".repeat((1 << 20) / 35);
+        let started = std::time::Instant::now();
+        let report = rules.scan(&text);
+        assert!(report.blocks() && report.overflow > 1000);
+        assert!(started.elapsed().as_secs_f64() < 5.0, "{:?}", started.elapsed());
+        println!("1 MiB scanned in {:?}", started.elapsed());
     }
 }
