@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use edgellm_protocol::{ErrorCode, Event, ParseLimits, PromptRequest, Rejection, Request, parse_request};
+use edgellm_protocol::{BadRequest, ErrorCode, Event, ParseLimits, PromptRequest, Rejection, Request, parse_request};
 
 use crate::config::Config;
 use crate::health::{HealthDoc, Metrics, Reporter};
@@ -78,20 +78,21 @@ impl Service {
     }
 
     /// Parses one request document with the configured limits. A refusal is counted and
-    /// logged (code only: the message never quotes the payload).
-    pub fn parse(&self, bytes: &[u8], transport: &'static str) -> Result<Request, Rejection> {
+    /// logged (the message never quotes the payload; a field name in it is escaped).
+    pub fn parse(&self, bytes: &[u8], transport: &'static str) -> Result<Request, BadRequest> {
         let limits = ParseLimits {
             max_prompt_bytes: self.config.limits.max_prompt_bytes,
             max_new_tokens: self.config.generation.max_new_tokens_limit,
         };
-        parse_request(bytes, limits, || self.new_id()).inspect_err(|r| self.refused(r, transport))
+        parse_request(bytes, limits, || self.new_id()).inspect_err(|e| self.refused(&e.rejection, transport))
     }
 
     /// Counts and logs a refusal that a transport answers by itself (line too long, payload
     /// too large, a reply topic it may not use).
     pub fn refused(&self, rejection: &Rejection, transport: &'static str) {
         self.metrics.record_error(rejection.code);
-        tracing::info!(transport, code = rejection.code.as_str(), "request refused: {}", rejection.message);
+        let message = rejection.message.escape_debug();
+        tracing::info!(transport, code = rejection.code.as_str(), %message, "request refused");
     }
 
     /// A new client whose requests are tracked together, at most `max_in_flight` at a time.

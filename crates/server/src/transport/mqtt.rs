@@ -397,7 +397,10 @@ fn handle_prompt(
     }
     let request = match service.parse(&publish.payload, TRANSPORT) {
         Ok(r) => r,
-        Err(r) => return send_error(reply_for(None), None, &r),
+        Err(refused) => {
+            let id = refused.id.as_deref();
+            return send_error(reply_for(id), id, &refused.rejection);
+        }
     };
     match request {
         Request::Health { id } => {
