@@ -89,6 +89,17 @@ pub enum Request {
     Health { id: Option<String> },
 }
 
+impl Request {
+    /// The request's id, when it has one.
+    pub fn id(&self) -> Option<&str> {
+        match self {
+            Request::Generate(r) => Some(&r.id),
+            Request::Cancel { id } => Some(id),
+            Request::Health { id } => id.as_deref(),
+        }
+    }
+}
+
 /// The fields a request may have; anything else is refused by name.
 const FIELDS: [&str; 10] =
     ["op", "id", "prompt", "session", "max_tokens", "temperature", "top_p", "top_k", "seed", "stream"];
