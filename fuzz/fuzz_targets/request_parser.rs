@@ -7,9 +7,17 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let limits = ParseLimits { max_prompt_bytes: 4096, max_new_tokens: 512 };
-    if let Ok(Request::Generate(r)) = parse_request(data, limits, || "fallback".into()) {
-        assert!(r.prompt.len() <= 4096);
-        assert!(r.params.max_tokens.is_none_or(|m| (1..=512).contains(&m)));
-        assert!(edgellm_protocol::valid_id(&r.id));
+    match parse_request(data, limits, || "fallback".into()) {
+        Ok(Request::Generate(r)) => {
+            assert!(r.prompt.len() <= 4096);
+            assert!(r.params.max_tokens.is_none_or(|m| (1..=512).contains(&m)));
+            assert!(edgellm_protocol::valid_id(&r.id));
+        }
+        // A refusal names the request only by a valid id, and never carries a raw newline.
+        Err(refused) => {
+            assert!(refused.id.as_deref().is_none_or(edgellm_protocol::valid_id));
+            assert!(!refused.rejection.message.contains('\n'));
+        }
+        Ok(_) => {}
     }
 });

@@ -89,30 +89,20 @@ pub enum Request {
     Health { id: Option<String> },
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRequest {
-    #[serde(default)]
-    op: Option<String>,
-    #[serde(default)]
-    id: Option<Value>,
-    #[serde(default)]
-    prompt: Option<Value>,
-    #[serde(default)]
-    session: Option<Value>,
-    #[serde(default)]
-    max_tokens: Option<Value>,
-    #[serde(default)]
-    temperature: Option<Value>,
-    #[serde(default)]
-    top_p: Option<Value>,
-    #[serde(default)]
-    top_k: Option<Value>,
-    #[serde(default)]
-    seed: Option<Value>,
-    #[serde(default)]
-    stream: Option<Value>,
+impl Request {
+    /// The request's id, when it has one.
+    pub fn id(&self) -> Option<&str> {
+        match self {
+            Request::Generate(r) => Some(&r.id),
+            Request::Cancel { id } => Some(id),
+            Request::Health { id } => id.as_deref(),
+        }
+    }
 }
+
+/// The fields a request may have; anything else is refused by name.
+const FIELDS: [&str; 10] =
+    ["op", "id", "prompt", "session", "max_tokens", "temperature", "top_p", "top_k", "seed", "stream"];
 
 /// Longest request id, session id; ids appear in MQTT topics, so their alphabet is limited.
 pub const MAX_ID_LEN: usize = 128;
@@ -163,57 +153,100 @@ pub struct ParseLimits {
     pub max_new_tokens: usize,
 }
 
-/// Parses one request document. `fallback_id` names requests that carry no id.
+/// A request that was refused, with its id when the document carried a valid one, so that a
+/// client with several requests in flight knows which one failed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BadRequest {
+    pub id: Option<String>,
+    pub rejection: Rejection,
+}
+
+/// A client-given name, made safe to quote in a reply or a log line: control characters and
+/// quotes escaped, at most 32 characters.
+fn quoted_name(name: &str) -> String {
+    let mut out: String = name.chars().take(32).flat_map(char::escape_default).collect();
+    if name.chars().count() > 32 {
+        out.push_str("...");
+    }
+    out
+}
+
+/// Parses one request document: a JSON object whose fields are checked one by one. No part
+/// of a refusal's message quotes the payload, except a field name, escaped and shortened.
+/// `fallback_id` names requests that carry no id.
 pub fn parse_request(
     bytes: &[u8],
     limits: ParseLimits,
     fallback_id: impl FnOnce() -> String,
-) -> Result<Request, Rejection> {
-    let text = std::str::from_utf8(bytes).map_err(|_| bad("request is not valid UTF-8"))?;
-    let raw: RawRequest = serde_json::from_str(text).map_err(|e| {
-        // serde's message names the field or position; it never quotes the payload itself.
+) -> Result<Request, BadRequest> {
+    let refuse = |id: Option<String>, rejection: Rejection| BadRequest { id, rejection };
+    let text = std::str::from_utf8(bytes).map_err(|_| refuse(None, bad("request is not valid UTF-8")))?;
+    if !text.trim_start().starts_with('{') {
+        return Err(refuse(None, bad("a request must be a JSON object")));
+    }
+    let mut fields: serde_json::Map<String, Value> = serde_json::from_str(text).map_err(|e| {
+        // serde's syntax errors name a position, never the payload.
         let what = e.to_string();
         let what = what.split(" at line").next().unwrap_or("invalid JSON");
-        bad(format!("invalid request: {what}"))
+        refuse(None, bad(format!("invalid request: {what}")))
     })?;
-    let id = id_field(raw.id, "id")?;
-    match raw.op.as_deref().unwrap_or("generate") {
+    let given_id = fields.get("id").cloned();
+    // The id, if valid, labels every refusal below.
+    let id = id_field(given_id, "id").map_err(|r| refuse(None, r))?;
+    let fail = |r: Rejection| refuse(id.clone(), r);
+    if let Some(unknown) = fields.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        return Err(fail(bad(format!("invalid request: unknown field `{}`", quoted_name(unknown)))));
+    }
+    let mut take = |name: &str| fields.remove(name);
+    let op = match take("op") {
+        None | Some(Value::Null) => "generate".to_string(),
+        Some(Value::String(op)) => op,
+        Some(_) => return Err(fail(bad("`op` must be a string"))),
+    };
+    match op.as_str() {
         "generate" => {
-            let prompt = match raw.prompt {
+            let prompt = match take("prompt") {
                 Some(Value::String(s)) => s,
-                None | Some(Value::Null) => return Err(bad("`prompt` is required")),
-                Some(_) => return Err(bad("`prompt` must be a string")),
+                None | Some(Value::Null) => return Err(fail(bad("`prompt` is required"))),
+                Some(_) => return Err(fail(bad("`prompt` must be a string"))),
             };
             if prompt.len() > limits.max_prompt_bytes {
-                return Err(Rejection::new(
+                return Err(fail(Rejection::new(
                     ErrorCode::TooLong,
                     format!("prompt is {} bytes, the limit is {}", prompt.len(), limits.max_prompt_bytes),
-                ));
+                )));
             }
-            let stream = match raw.stream {
+            let stream = match take("stream") {
                 None | Some(Value::Null) => false,
                 Some(Value::Bool(b)) => b,
-                Some(_) => return Err(bad("`stream` must be true or false")),
+                Some(_) => return Err(fail(bad("`stream` must be true or false"))),
             };
-            let params = GenerateParams {
-                max_tokens: uint_field(raw.max_tokens, "max_tokens", 1, limits.max_new_tokens as u64)?
-                    .map(|v| v as usize),
-                temperature: float_field(raw.temperature, "temperature", 0.0, 5.0)?,
-                top_p: float_field(raw.top_p, "top_p", 0.01, 1.0)?,
-                top_k: uint_field(raw.top_k, "top_k", 0, 1000)?.map(|v| v as usize),
-                seed: uint_field(raw.seed, "seed", 0, u64::MAX)?,
-            };
+            let params = (|| -> Result<GenerateParams, Rejection> {
+                Ok(GenerateParams {
+                    max_tokens: uint_field(take("max_tokens"), "max_tokens", 1, limits.max_new_tokens as u64)?
+                        .map(|v| v as usize),
+                    temperature: float_field(take("temperature"), "temperature", 0.0, 5.0)?,
+                    top_p: float_field(take("top_p"), "top_p", 0.01, 1.0)?,
+                    top_k: uint_field(take("top_k"), "top_k", 0, 1000)?.map(|v| v as usize),
+                    seed: uint_field(take("seed"), "seed", 0, u64::MAX)?,
+                })
+            })()
+            .map_err(&fail)?;
+            let session = id_field(take("session"), "session").map_err(&fail)?;
             Ok(Request::Generate(PromptRequest {
-                id: id.unwrap_or_else(fallback_id),
+                id: id.clone().unwrap_or_else(fallback_id),
                 prompt,
-                session: id_field(raw.session, "session")?,
+                session,
                 params,
                 stream,
             }))
         }
-        "cancel" => Ok(Request::Cancel { id: id.ok_or_else(|| bad("`cancel` needs the `id` of the request"))? }),
+        "cancel" => match id {
+            Some(id) => Ok(Request::Cancel { id }),
+            None => Err(fail(bad("`cancel` needs the `id` of the request"))),
+        },
         "health" => Ok(Request::Health { id }),
-        _ => Err(bad("unknown `op` (expected generate, cancel or health)")),
+        _ => Err(fail(bad("unknown `op` (expected generate, cancel or health)"))),
     }
 }
 
@@ -335,7 +368,7 @@ mod tests {
     const LIMITS: ParseLimits = ParseLimits { max_prompt_bytes: 100, max_new_tokens: 256 };
 
     fn parse(s: &str) -> Result<Request, Rejection> {
-        parse_request(s.as_bytes(), LIMITS, || "gen-1".into())
+        parse_request(s.as_bytes(), LIMITS, || "gen-1".into()).map_err(|e| e.rejection)
     }
 
     #[test]
@@ -361,7 +394,8 @@ mod tests {
     #[test]
     fn hostile_requests_get_their_errors() {
         let cases: &[(&str, ErrorCode, &str)] = &[
-            ("not json", ErrorCode::BadRequest, "invalid request"),
+            ("not json", ErrorCode::BadRequest, "JSON object"),
+            ("{not json", ErrorCode::BadRequest, "invalid request"),
             (r#"{"prompt":"x","max_tokens":-1}"#, ErrorCode::BadRequest, "max_tokens"),
             (r#"{"prompt":"x","max_tokens":1e300}"#, ErrorCode::BadRequest, "max_tokens"),
             (r#"{"prompt":"x","max_tokens":99999999999999999999999}"#, ErrorCode::BadRequest, "max_tokens"),
@@ -383,9 +417,39 @@ mod tests {
         let nested = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
         assert_eq!(parse(&nested).unwrap_err().code, ErrorCode::BadRequest);
         assert_eq!(
-            parse_request(b"{\"prompt\":\"\xff\"}", LIMITS, || "x".into()).unwrap_err().code,
+            parse_request(b"{\"prompt\":\"\xff\"}", LIMITS, || "x".into()).unwrap_err().rejection.code,
             ErrorCode::BadRequest
         );
+    }
+
+    #[test]
+    fn refusals_carry_the_request_id_when_it_is_valid() {
+        let refused = |s: &str| parse_request(s.as_bytes(), LIMITS, || "gen".into()).unwrap_err();
+        let e = refused(r#"{"id":"r7","prompt":"x","max_tokens":-1}"#);
+        assert_eq!((e.id.as_deref(), e.rejection.code), (Some("r7"), ErrorCode::BadRequest));
+        assert_eq!(refused(r#"{"id":"r8","prompt":"x","bogus":1}"#).id.as_deref(), Some("r8"));
+        assert_eq!(refused(r#"{"id":9,"prompt":7}"#).id.as_deref(), Some("9"));
+        assert_eq!(refused(r#"{"id":"a/b","prompt":"x"}"#).id, None, "an invalid id is not echoed");
+        assert_eq!(refused(r#"{"id":"r9","prompt":"x""#).id, None, "no id from a broken document");
+    }
+
+    #[test]
+    fn only_an_object_is_a_request() {
+        for input in [r#"["generate","x","Say OK"]"#, r#""prompt""#, "42", "null", r#"  [{"prompt":"x"}]"#] {
+            let err = parse(input).unwrap_err();
+            assert_eq!(err.code, ErrorCode::BadRequest, "{input}");
+            assert!(err.message.contains("JSON object"), "{input}: {}", err.message);
+        }
+    }
+
+    #[test]
+    fn field_names_are_quoted_escaped_and_short() {
+        // In JSON, `\n` in a key decodes to a newline.
+        let key = format!("evil\\nERROR forged line {}", "x".repeat(100));
+        let err = parse(&format!(r#"{{"prompt":"x","{key}":1}}"#)).unwrap_err();
+        assert!(!err.message.contains('\n'), "{}", err.message);
+        assert!(err.message.contains("evil\\nERROR"), "{}", err.message);
+        assert!(err.message.len() < 120, "{}", err.message);
     }
 
     #[test]

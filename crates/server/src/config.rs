@@ -140,6 +140,11 @@ pub struct SocketConfig {
     pub max_line_bytes: usize,
     /// Requests one connection may have in flight at once.
     pub max_inflight_per_connection: usize,
+    /// Once a line has begun, the rest must arrive within this (a client that stalls mid-line
+    /// is answered `timeout` and closed, so it cannot hold a connection slot).
+    pub line_timeout_ms: u64,
+    /// A connection with nothing in flight and no line begun is closed after this.
+    pub idle_timeout_ms: u64,
 }
 
 impl Default for SocketConfig {
@@ -153,6 +158,8 @@ impl Default for SocketConfig {
             max_connections: 16,
             max_line_bytes: 65_536,
             max_inflight_per_connection: 4,
+            line_timeout_ms: 5_000,
+            idle_timeout_ms: 60_000,
         }
     }
 }
@@ -443,6 +450,12 @@ impl Config {
         }
         if s.max_inflight_per_connection == 0 {
             return Err(invalid("socket.max_inflight_per_connection", "must be positive"));
+        }
+        if !(100..=600_000).contains(&s.line_timeout_ms) {
+            return Err(invalid("socket.line_timeout_ms", "must be between 100 and 600000"));
+        }
+        if !(100..=86_400_000).contains(&s.idle_timeout_ms) {
+            return Err(invalid("socket.idle_timeout_ms", "must be between 100 and 86400000"));
         }
         let q = &mut self.mqtt;
         if q.client_id.is_empty() {

@@ -27,6 +27,10 @@ pub enum State {
     Draining,
 }
 
+/// How long a session takeover keeps the daemon `degraded`: long enough for a fleet manager
+/// to see it between two of the rivals' reconnects.
+const MQTT_TAKEOVER_MEMORY_S: u64 = 600;
+
 /// Log-spaced buckets from 1 ms: bucket i holds values up to 1.25^i ms; the last is open.
 const BUCKETS: usize = 64;
 
@@ -141,8 +145,12 @@ pub struct Metrics {
     errors_by_code: [AtomicU64; ErrorCode::ALL.len()],
     pub queue_depth: AtomicUsize,
     pub queue_capacity: AtomicUsize,
+    /// Connected and subscribed to the prompt topic (not merely connected).
     pub mqtt_connected: AtomicBool,
     pub mqtt_reconnects: AtomicU64,
+    /// When (unix seconds) the broker last ended our session because another client connected
+    /// with our client id; 0 never.
+    pub mqtt_taken_over_at: AtomicU64,
     pub mqtt_replies_dropped: AtomicU64,
     pub knowledge_reload_failed: AtomicBool,
     /// Bumped by the inference worker each step: the watchdog's proof of progress.
@@ -178,6 +186,7 @@ impl Metrics {
             queue_capacity: AtomicUsize::new(0),
             mqtt_connected: AtomicBool::new(false),
             mqtt_reconnects: AtomicU64::new(0),
+            mqtt_taken_over_at: AtomicU64::new(0),
             mqtt_replies_dropped: AtomicU64::new(0),
             knowledge_reload_failed: AtomicBool::new(false),
             worker_heartbeat: AtomicU64::new(0),
@@ -440,6 +449,11 @@ impl Reporter {
         let mut degraded_reasons = Vec::new();
         if metrics.knowledge_reload_failed.load(Relaxed) {
             degraded_reasons.push("knowledge reload failed".to_string());
+        }
+        let taken_over_at = metrics.mqtt_taken_over_at.load(Relaxed);
+        if taken_over_at > 0 && unix_now().saturating_sub(taken_over_at) < MQTT_TAKEOVER_MEMORY_S {
+            degraded_reasons
+                .push("another MQTT client connects with this client id (duplicate device_id?)".to_string());
         }
         if self.memory_degraded_mib > 0 && rss_mib > self.memory_degraded_mib as f64 {
             degraded_reasons.push(format!("memory {rss_mib:.0} MiB above {} MiB", self.memory_degraded_mib));

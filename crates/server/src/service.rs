@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use edgellm_protocol::{ErrorCode, Event, ParseLimits, PromptRequest, Rejection, Request, parse_request};
+use edgellm_protocol::{BadRequest, ErrorCode, Event, ParseLimits, PromptRequest, Rejection, Request, parse_request};
 
 use crate::config::Config;
 use crate::health::{HealthDoc, Metrics, Reporter};
@@ -46,6 +46,8 @@ struct Admission {
     event_capacity: usize,
     timeout: Duration,
     next_id: AtomicU64,
+    /// Random keys for the ids of requests that carry none.
+    id_keys: std::collections::hash_map::RandomState,
 }
 
 impl Service {
@@ -61,6 +63,7 @@ impl Service {
             event_capacity: config.generation.max_new_tokens_limit + 2,
             timeout: Duration::from_millis(config.generation.request_timeout_ms),
             next_id: AtomicU64::new(0),
+            id_keys: Default::default(),
         };
         Service {
             admission: Arc::new(admission),
@@ -78,20 +81,21 @@ impl Service {
     }
 
     /// Parses one request document with the configured limits. A refusal is counted and
-    /// logged (code only: the message never quotes the payload).
-    pub fn parse(&self, bytes: &[u8], transport: &'static str) -> Result<Request, Rejection> {
+    /// logged (the message never quotes the payload; a field name in it is escaped).
+    pub fn parse(&self, bytes: &[u8], transport: &'static str) -> Result<Request, BadRequest> {
         let limits = ParseLimits {
             max_prompt_bytes: self.config.limits.max_prompt_bytes,
             max_new_tokens: self.config.generation.max_new_tokens_limit,
         };
-        parse_request(bytes, limits, || self.new_id()).inspect_err(|r| self.refused(r, transport))
+        parse_request(bytes, limits, || self.new_id()).inspect_err(|e| self.refused(&e.rejection, transport))
     }
 
     /// Counts and logs a refusal that a transport answers by itself (line too long, payload
     /// too large, a reply topic it may not use).
     pub fn refused(&self, rejection: &Rejection, transport: &'static str) {
         self.metrics.record_error(rejection.code);
-        tracing::info!(transport, code = rejection.code.as_str(), "request refused: {}", rejection.message);
+        let message = rejection.message.escape_debug();
+        tracing::info!(transport, code = rejection.code.as_str(), %message, "request refused");
     }
 
     /// A new client whose requests are tracked together, at most `max_in_flight` at a time.
@@ -106,9 +110,13 @@ impl Service {
         self.state_changed.notify_one();
     }
 
-    /// A fresh id for a request that carries none.
+    /// A fresh id for a request that carries none: 128 bits no other client can guess
+    /// (SipHash of a counter under keys the OS drew at random for this process).
     fn new_id(&self) -> String {
-        format!("req-{}", self.admission.next_id.fetch_add(1, Relaxed) + 1)
+        use std::hash::BuildHasher;
+        let n = self.admission.next_id.fetch_add(1, Relaxed);
+        let [a, b] = [0u8, 1].map(|half| self.admission.id_keys.hash_one((n, half)));
+        format!("req-{a:016x}{b:016x}")
     }
 
     fn submit(&self, request: PromptRequest) -> Result<(mpsc::Receiver<Event>, CancellationToken), Rejection> {
@@ -152,23 +160,29 @@ impl Origin {
     /// in flight, `busy` past its in-flight limit or when the queue is full, `shutting_down`
     /// while draining. Every request and every refusal is counted.
     pub fn submit(&self, request: PromptRequest) -> Result<Ticket, Rejection> {
+        self.submit_as(request.id.clone(), request)
+    }
+
+    /// [`Origin::submit`] with the request known in flight as `key` rather than its id (MQTT:
+    /// its reply topic and id, so that one client cannot cancel another's request).
+    pub fn submit_as(&self, key: String, request: PromptRequest) -> Result<Ticket, Rejection> {
         self.service.metrics.requests.fetch_add(1, Relaxed);
         let id = request.id.clone();
         let admitted = match self.in_flight.lock() {
-            Ok(map) if map.contains_key(&id) => {
+            Ok(map) if map.contains_key(&key) => {
                 Err(Rejection::new(ErrorCode::BadRequest, "a request with this id is already in flight"))
             }
             Ok(map) if map.len() >= self.max_in_flight => {
                 Err(Rejection::new(ErrorCode::Busy, "too many requests in flight from this client"))
             }
             Ok(mut map) => self.service.submit(request).map(|(events, cancel)| {
-                map.insert(id.clone(), cancel.clone());
+                map.insert(key.clone(), cancel.clone());
                 (events, cancel)
             }),
             Err(_) => Err(Rejection::new(ErrorCode::Internal, "internal error")),
         };
         match admitted {
-            Ok((events, cancel)) => Ok(Ticket { id, events, cancel, in_flight: self.in_flight.clone() }),
+            Ok((events, cancel)) => Ok(Ticket { id, key, events, cancel, in_flight: self.in_flight.clone() }),
             Err(r) => {
                 self.service.metrics.record_error(r.code);
                 Err(r)
@@ -176,9 +190,10 @@ impl Origin {
         }
     }
 
-    /// Cancels this client's request `id`; false when it has none in flight by that id.
-    pub fn cancel(&self, id: &str) -> bool {
-        let token = self.in_flight.lock().ok().and_then(|m| m.get(id).cloned());
+    /// Cancels this client's request `key` (its id, unless submitted with [`Origin::submit_as`]);
+    /// false when it has none in flight by that key.
+    pub fn cancel(&self, key: &str) -> bool {
+        let token = self.in_flight.lock().ok().and_then(|m| m.get(key).cloned());
         token.inspect(CancellationToken::cancel).is_some()
     }
 
@@ -195,6 +210,8 @@ impl Origin {
 #[derive(Debug)]
 pub struct Ticket {
     pub id: String,
+    /// Its key in the origin's in-flight set.
+    key: String,
     pub events: mpsc::Receiver<Event>,
     pub cancel: CancellationToken,
     in_flight: InFlight,
@@ -203,7 +220,7 @@ pub struct Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         if let Ok(mut map) = self.in_flight.lock() {
-            map.remove(&self.id);
+            map.remove(&self.key);
         }
     }
 }

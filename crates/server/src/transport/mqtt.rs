@@ -7,15 +7,15 @@
 //! broker while the daemon is away; a window of recent request ids drops duplicate deliveries;
 //! replies wait in a bounded buffer while the broker is unreachable.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use bytes::Bytes;
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, PublishProperties};
-use rumqttc::v5::{AsyncClient, Event as MqttEvent, EventLoop, MqttOptions};
+use rumqttc::v5::mqttbytes::v5::{DisconnectReasonCode, LastWill, Packet, PublishProperties, SubscribeReasonCode};
+use rumqttc::v5::{AsyncClient, ConnectionError, Event as MqttEvent, EventLoop, MqttOptions, StateError};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -62,6 +62,8 @@ pub struct Mqtt {
     reply_buffer: usize,
     dedup_window: usize,
     backoff: (Duration, Duration),
+    /// Home Assistant's discovery prefix: replies may not be published under it.
+    discovery_prefix: String,
     /// Home Assistant discovery: (topic, retained config) pairs, published on every connect.
     discovery: Vec<(String, String)>,
 }
@@ -119,6 +121,7 @@ impl Mqtt {
             reply_buffer: m.reply_buffer,
             dedup_window: m.dedup_window,
             backoff: (Duration::from_millis(m.reconnect_min_ms), Duration::from_millis(m.reconnect_max_ms)),
+            discovery_prefix: config.health.home_assistant_prefix.clone(),
             discovery: if config.health.home_assistant { home_assistant_discovery(config) } else { Vec::new() },
         })
     }
@@ -210,33 +213,58 @@ async fn health_loop(mqtt: Arc<Mqtt>, service: Service, out: mpsc::Sender<Outgoi
     }
 }
 
-/// Remembers recent request ids, in fixed memory, to drop duplicate deliveries.
+/// Whether a request id was seen in the dedup window.
+#[derive(Debug, PartialEq)]
+enum Seen {
+    New,
+    /// The same payload again: a broker's redelivery, dropped.
+    SameRequest,
+    /// Another request with this id: its sender is told.
+    OtherRequest,
+}
+
+/// Remembers recent request ids and a hash of their payloads, in fixed memory, to drop
+/// duplicate deliveries and refuse a reused id.
 #[derive(Debug)]
 struct RecentIds {
     order: VecDeque<String>,
-    set: HashSet<String>,
+    seen: HashMap<String, u64>,
     capacity: usize,
+    hasher: std::collections::hash_map::RandomState,
 }
 
 impl RecentIds {
     fn new(capacity: usize) -> Self {
-        RecentIds { order: VecDeque::with_capacity(capacity), set: HashSet::with_capacity(capacity), capacity }
+        RecentIds {
+            order: VecDeque::with_capacity(capacity),
+            seen: HashMap::with_capacity(capacity),
+            capacity,
+            hasher: Default::default(),
+        }
     }
 
-    /// True when `id` was not seen in the window (and records it).
-    fn insert(&mut self, id: &str) -> bool {
-        if self.set.contains(id) {
-            return false;
+    /// Records `id` with its payload, saying whether and how it was seen before.
+    fn insert(&mut self, id: &str, payload: &[u8]) -> Seen {
+        use std::hash::BuildHasher;
+        let hash = self.hasher.hash_one(payload);
+        if let Some(&earlier) = self.seen.get(id) {
+            return if earlier == hash { Seen::SameRequest } else { Seen::OtherRequest };
         }
         if self.order.len() == self.capacity
             && let Some(old) = self.order.pop_front()
         {
-            self.set.remove(&old);
+            self.seen.remove(&old);
         }
         self.order.push_back(id.to_string());
-        self.set.insert(id.to_string());
-        true
+        self.seen.insert(id.to_string(), hash);
+        Seen::New
     }
+}
+
+/// A request in flight is known by its reply topic and id: only the client that reads that
+/// topic (and so sent the request) can cancel it.
+fn in_flight_key(reply_topic: &str, id: &str) -> String {
+    format!("{reply_topic}\n{id}")
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -255,6 +283,10 @@ async fn event_loop(
     let mut recent = RecentIds::new(mqtt.dedup_window);
     // Requests in flight wait for room in the reply buffer: no more of them than it holds.
     let origin = service.origin(mqtt.reply_buffer);
+    // Nothing in this loop awaits the client or the outgoing buffer: rumqttc's request
+    // channel is drained only by `poll`, so a loop that waited for room in it (to subscribe,
+    // or to queue the status while the buffer is full of an outage's replies) would never
+    // poll again. What a connection needs sent is sent by a task of its own.
     loop {
         match eventloop.poll().await {
             Ok(MqttEvent::Incoming(Packet::ConnAck(ack))) => {
@@ -264,19 +296,17 @@ async fn event_loop(
                     service.metrics.mqtt_reconnects.fetch_add(1, Relaxed);
                 }
                 connected_once = true;
-                service.metrics.mqtt_connected.store(true, Relaxed);
                 tracing::info!(session_present = ack.session_present, "MQTT connected");
-                let status = if service.stop_accepting.is_cancelled() { "draining" } else { "online" };
-                mqtt.publish_status(&out, status).await;
-                for (topic, payload) in &mqtt.discovery {
-                    let message =
-                        Outgoing { topic: topic.clone(), payload: payload.clone(), retain: true, correlation: None };
-                    let _ = out.send(message).await;
+                tokio::spawn(on_connect(mqtt.clone(), client.clone(), service.clone(), out.clone()));
+            }
+            Ok(MqttEvent::Incoming(Packet::SubAck(ack))) => {
+                let granted = ack.return_codes.iter().all(|c| matches!(c, SubscribeReasonCode::Success(_)));
+                if granted {
+                    service.metrics.mqtt_connected.store(true, Relaxed);
+                    service.state_changed.notify_one();
+                } else {
+                    tracing::error!(codes = ?ack.return_codes, "MQTT broker refused the prompt subscription");
                 }
-                if let Err(e) = client.subscribe(mqtt.prompt_filter.clone(), mqtt.qos).await {
-                    tracing::warn!(error = %e, "MQTT subscribe failed");
-                }
-                service.state_changed.notify_one();
             }
             Ok(MqttEvent::Incoming(Packet::Publish(publish))) => {
                 if publish.topic.as_ref() == mqtt.prompt_topic.as_bytes() {
@@ -285,6 +315,7 @@ async fn event_loop(
             }
             Ok(MqttEvent::Incoming(Packet::Disconnect(_))) => {
                 service.metrics.mqtt_connected.store(false, Relaxed);
+                service.state_changed.notify_one();
             }
             Ok(MqttEvent::Outgoing(rumqttc::Outgoing::Disconnect)) => {
                 service.metrics.mqtt_connected.store(false, Relaxed);
@@ -294,17 +325,57 @@ async fn event_loop(
             Ok(_) => {}
             Err(e) => {
                 service.metrics.mqtt_connected.store(false, Relaxed);
+                service.state_changed.notify_one();
                 if done.is_cancelled() {
                     return;
+                }
+                if let ConnectionError::MqttState(StateError::ServerDisconnect {
+                    reason_code: DisconnectReasonCode::SessionTakenOver,
+                    ..
+                }) = &e
+                {
+                    // Two daemons with one client id (a cloned SD card keeps the host name)
+                    // would take the session from each other forever: say so, and back off.
+                    service.metrics.mqtt_taken_over_at.store(unix_now(), Relaxed);
+                    backoff = (backoff.max(TAKEOVER_BACKOFF) * 2).min(TAKEOVER_BACKOFF * 16);
+                    down_logged = true;
+                    tracing::error!(
+                        client_id = %mqtt.options.client_id().escape_debug(),
+                        retry_in_s = backoff.as_secs(),
+                        "MQTT session taken over: another client connected with this client id; \
+                         give each device its own device_id or mqtt.client_id"
+                    );
                 }
                 if !down_logged {
                     tracing::warn!(error = %e, "MQTT connection lost; reconnecting with backoff");
                     down_logged = true;
                 }
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(mqtt.backoff.1);
+                backoff = (backoff * 2).min(mqtt.backoff.1.max(backoff));
             }
         }
+    }
+}
+
+/// How long to wait before reconnecting after another client took our session: far longer
+/// than a normal reconnect, so two daemons with one client id do not fight twice a second.
+const TAKEOVER_BACKOFF: Duration = Duration::from_secs(15);
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// What a new connection needs: the status, the discovery configs, the subscription. A task
+/// of its own, since each may wait for room in a buffer that only the event loop drains.
+async fn on_connect(mqtt: Arc<Mqtt>, client: AsyncClient, service: Service, out: mpsc::Sender<Outgoing>) {
+    let status = if service.stop_accepting.is_cancelled() { "draining" } else { "online" };
+    mqtt.publish_status(&out, status).await;
+    for (topic, payload) in &mqtt.discovery {
+        let message = Outgoing { topic: topic.clone(), payload: payload.clone(), retain: true, correlation: None };
+        let _ = out.send(message).await;
+    }
+    if let Err(e) = client.subscribe(mqtt.prompt_filter.clone(), mqtt.qos).await {
+        tracing::warn!(error = %e, "MQTT subscribe failed");
     }
 }
 
@@ -356,9 +427,19 @@ fn home_assistant_discovery(config: &Config) -> Vec<(String, String)> {
         .collect()
 }
 
-/// A client-given response topic, if it is one we may publish to.
-fn valid_reply_topic(topic: &str) -> bool {
-    !topic.is_empty() && topic.len() <= 256 && !topic.contains(['#', '+', '\0']) && !topic.starts_with('$')
+impl Mqtt {
+    /// Whether a client-given response topic is one we may publish to: a plain topic name, not
+    /// a broker topic, and nowhere under our own prefix (status, health, prompts) or the Home
+    /// Assistant discovery prefix, where a reply would overwrite what others rely on.
+    fn allowed_reply_topic(&self, topic: &str) -> bool {
+        let under = |prefix: &str| !prefix.is_empty() && (topic == prefix || topic.starts_with(&format!("{prefix}/")));
+        !topic.is_empty()
+            && topic.len() <= 256
+            && !topic.contains(['#', '+', '\0'])
+            && !topic.starts_with('$')
+            && !under(&self.prefix)
+            && !under(&self.discovery_prefix)
+    }
 }
 
 fn handle_prompt(
@@ -371,8 +452,12 @@ fn handle_prompt(
     publish: rumqttc::v5::mqttbytes::v5::Publish,
 ) {
     let properties = publish.properties.unwrap_or_default();
-    let v5_reply = properties.response_topic.filter(|t| valid_reply_topic(t));
     let correlation = properties.correlation_data;
+    let (v5_reply, forbidden_reply) = match properties.response_topic {
+        Some(topic) if mqtt.allowed_reply_topic(&topic) => (Some(topic), false),
+        Some(_) => (None, true),
+        None => (None, false),
+    };
     let reply_for = |id: Option<&str>| -> Option<ReplyTo> {
         match (&v5_reply, id) {
             (Some(topic), _) => Some(ReplyTo { topic: topic.clone(), correlation: correlation.clone() }),
@@ -397,8 +482,21 @@ fn handle_prompt(
     }
     let request = match service.parse(&publish.payload, TRANSPORT) {
         Ok(r) => r,
-        Err(r) => return send_error(reply_for(None), None, &r),
+        Err(refused) => {
+            let id = refused.id.as_deref();
+            return send_error(reply_for(id), id, &refused.rejection);
+        }
     };
+    if forbidden_reply {
+        // Told on the request's own reply topic when it has an id; never on the one it named.
+        let r = Rejection::new(
+            ErrorCode::BadRequest,
+            "the response topic is not allowed (wildcards, $-topics, and the daemon's own and discovery prefixes are refused)",
+        );
+        service.refused(&r, TRANSPORT);
+        let id = request.id();
+        return send_error(reply_for(id), id, &r);
+    }
     match request {
         Request::Health { id } => {
             if let Some(to) = reply_for(id.as_deref()) {
@@ -412,7 +510,9 @@ fn handle_prompt(
             }
         }
         Request::Cancel { id } => {
-            origin.cancel(&id);
+            // Only the client that asked can cancel: the same reply topic and id.
+            let Some(to) = reply_for(Some(&id)) else { return };
+            origin.cancel(&in_flight_key(&to.topic, &id));
         }
         Request::Generate(request) => {
             let id = request.id.clone();
@@ -422,12 +522,20 @@ fn handle_prompt(
                 Some(c) => format!("{id}/{}", hex::encode(c)),
                 None => id.clone(),
             };
-            if !recent.insert(&key) {
-                tracing::info!(id = %id, duplicate = publish.dup, "duplicate MQTT request ignored");
-                return;
+            match recent.insert(&key, &publish.payload) {
+                Seen::New => {}
+                Seen::SameRequest => {
+                    tracing::info!(id = %id, duplicate = publish.dup, "duplicate MQTT delivery ignored");
+                    return;
+                }
+                Seen::OtherRequest => {
+                    let r = Rejection::new(ErrorCode::BadRequest, "duplicate id: a different request used it recently");
+                    service.refused(&r, TRANSPORT);
+                    return send_error(Some(to), Some(&id), &r);
+                }
             }
             let stream = request.stream;
-            let mut ticket = match origin.submit(request) {
+            let mut ticket = match origin.submit_as(in_flight_key(&to.topic, &id), request) {
                 Ok(t) => t,
                 Err(r) => {
                     // `submit` has counted it already.
@@ -472,21 +580,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn recent_ids_forget_the_oldest() {
+    fn recent_ids_forget_the_oldest_and_tell_a_reused_id_from_a_redelivery() {
         let mut r = RecentIds::new(2);
-        assert!(r.insert("a"));
-        assert!(!r.insert("a"));
-        assert!(r.insert("b"));
-        assert!(r.insert("c"));
-        assert!(r.insert("a"), "a fell out of the window");
+        assert_eq!(r.insert("a", b"one"), Seen::New);
+        assert_eq!(r.insert("a", b"one"), Seen::SameRequest);
+        assert_eq!(r.insert("a", b"two"), Seen::OtherRequest);
+        assert_eq!(r.insert("b", b"x"), Seen::New);
+        assert_eq!(r.insert("c", b"x"), Seen::New);
+        assert_eq!(r.insert("a", b"two"), Seen::New, "a fell out of the window");
         assert_eq!(r.order.len(), 2);
     }
 
     #[test]
-    fn reply_topics_from_clients_are_checked() {
-        assert!(valid_reply_topic("clients/42/answers"));
-        assert!(!valid_reply_topic("clients/#"));
-        assert!(!valid_reply_topic("$SYS/x"));
-        assert!(!valid_reply_topic(""));
+    fn reply_topics_under_our_prefixes_or_with_wildcards_are_refused() {
+        let mut config = Config::default_config();
+        config.mqtt.topic_prefix = "edgellm/dev1".into();
+        let mqtt = Mqtt::new(&config).unwrap();
+        assert!(mqtt.allowed_reply_topic("clients/42/answers"));
+        assert!(mqtt.allowed_reply_topic("edgellm/dev10/answers"), "a prefix of a topic, not of a level");
+        for topic in [
+            "clients/#",
+            "clients/+/x",
+            "$SYS/x",
+            "",
+            "edgellm/dev1",
+            "edgellm/dev1/status",
+            "edgellm/dev1/health",
+            "homeassistant/sensor/x/config",
+        ] {
+            assert!(!mqtt.allowed_reply_topic(topic), "{topic}");
+        }
     }
 }

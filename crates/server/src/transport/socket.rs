@@ -9,6 +9,7 @@ use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -85,7 +86,8 @@ fn take_listen_fd() -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(SD_LISTEN_FDS_START) }
 }
 
-/// Accepts connections until shutdown, then waits for every connection to finish its answers.
+/// Accepts connections until shutdown, then waits for every connection to finish its answers
+/// (answering new ones `shutting_down` meanwhile).
 pub async fn serve(listener: UnixListener, service: Service) {
     let config = &service.config.socket;
     let slots = Arc::new(Semaphore::new(config.max_connections));
@@ -118,8 +120,21 @@ pub async fn serve(listener: UnixListener, service: Service) {
             drop(permit);
         });
     }
+    // Draining: the connections already open finish their answers; new ones are told so at
+    // once and closed, until the worker is done and the socket goes away.
     tracker.close();
-    tracker.wait().await;
+    let drained = tracker.wait();
+    tokio::pin!(drained);
+    loop {
+        tokio::select! {
+            _ = &mut drained => break,
+            accepted = listener.accept() => {
+                if let Ok((stream, _)) = accepted {
+                    refuse(&service, stream, ErrorCode::ShuttingDown, "the daemon is shutting down").await;
+                }
+            }
+        }
+    }
     if !service.config.socket.path.as_os_str().is_empty() && inherited_listener_env_absent() {
         let _ = std::fs::remove_file(&service.config.socket.path);
     }
@@ -152,58 +167,103 @@ fn check_peer(stream: &UnixStream, config: &SocketConfig) -> Result<(), PeerRefu
     }
 }
 
-/// Answers a connection that is not served, counting the refusal.
+/// Answers a connection that is not served, counting the refusal. What the client already
+/// sent is read and dropped first (briefly, boundedly): closing a Unix socket with unread
+/// input resets the peer, which would then lose the answer.
 async fn refuse(service: &Service, mut stream: UnixStream, code: ErrorCode, message: &str) {
+    use tokio::io::AsyncReadExt;
     let rejection = Rejection::new(code, message);
     service.metrics.record_error(code);
     let line = protocol::error_json(None, &rejection) + "\n";
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), stream.write_all(line.as_bytes())).await;
+    let budget = Duration::from_secs(1);
+    let _ = tokio::time::timeout(budget, stream.write_all(line.as_bytes())).await;
+    let _ = stream.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let drain = async {
+        let mut left: usize = 64 * 1024;
+        while left > 0 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(200), drain).await;
 }
 
 /// How one read of a line ended.
 #[derive(Debug, PartialEq)]
 enum LineRead {
     Line,
+    /// More than the limit arrived without a newline; the rest is not read.
     TooLong,
     Eof,
 }
 
-/// Reads one line into `buf` (without the newline), holding at most `max` bytes: a longer
-/// line is consumed and discarded as it arrives, so a client cannot make the daemon grow.
+/// Reads one line into `buf` (without the newline), holding at most `max` bytes: past it the
+/// read stops at once, so a client cannot make the daemon grow or wait for a newline.
 async fn read_bounded_line<R: AsyncBufRead + Unpin>(
     reader: &mut R,
     buf: &mut Vec<u8>,
     max: usize,
 ) -> std::io::Result<LineRead> {
     buf.clear();
-    let mut too_long = false;
     loop {
         let available = reader.fill_buf().await?;
         if available.is_empty() {
-            return Ok(if too_long {
-                LineRead::TooLong
-            } else if buf.is_empty() {
-                LineRead::Eof
-            } else {
-                LineRead::Line
-            });
+            return Ok(if buf.is_empty() { LineRead::Eof } else { LineRead::Line });
         }
         let (chunk, used, complete) = match available.iter().position(|&b| b == b'\n') {
             Some(i) => (&available[..i], i + 1, true),
             None => (available, available.len(), false),
         };
-        if !too_long {
-            if buf.len() + chunk.len() > max {
-                too_long = true;
-                buf.clear();
-            } else {
-                buf.extend_from_slice(chunk);
-            }
+        if buf.len() + chunk.len() > max {
+            return Ok(LineRead::TooLong);
         }
+        buf.extend_from_slice(chunk);
         reader.consume(used);
         if complete {
-            return Ok(if too_long { LineRead::TooLong } else { LineRead::Line });
+            return Ok(LineRead::Line);
         }
+    }
+}
+
+/// Why reading from a connection stopped early.
+#[derive(Debug, PartialEq)]
+enum Stalled {
+    /// Nothing in flight and no line begun for `idle_timeout_ms`.
+    Idle,
+    /// A line begun and not finished within `line_timeout_ms`.
+    MidLine,
+}
+
+/// The next line, within the connection's time limits: `idle` until a line begins, then
+/// `line` for the whole of it.
+async fn read_line_within<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    buf: &mut Vec<u8>,
+    max: usize,
+    idle: Duration,
+    line: Duration,
+) -> Result<std::io::Result<LineRead>, Stalled> {
+    let begun = async {
+        reader.fill_buf().await?;
+        Ok::<(), std::io::Error>(())
+    };
+    if let Err(e) = tokio::time::timeout(idle, begun).await.map_err(|_| Stalled::Idle)? {
+        return Ok(Err(e));
+    }
+    tokio::time::timeout(line, read_bounded_line(reader, buf, max)).await.map_err(|_| Stalled::MidLine)
+}
+
+/// Whether the peer has closed the connection both ways (not only shut down its writing:
+/// a client that half-closed still reads its answers).
+fn peer_hung_up(stream: &UnixStream) -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let mut fds = [PollFd::new(stream.as_fd(), PollFlags::empty())];
+    match poll(&mut fds, PollTimeout::ZERO) {
+        Ok(_) => fds[0].revents().is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR)),
+        Err(_) => false,
     }
 }
 
@@ -223,24 +283,40 @@ async fn handle_connection(stream: UnixStream, service: Service) {
     });
     let origin = service.origin(config.max_inflight_per_connection);
     let requests = TaskTracker::new();
+    let (idle, line_time) =
+        (Duration::from_millis(config.idle_timeout_ms), Duration::from_millis(config.line_timeout_ms));
     let mut line = Vec::with_capacity(1024);
     loop {
         // While draining, requests are still read (and answered `shutting_down`) until the
         // worker has finished the admitted ones.
         let read = tokio::select! {
             _ = service.worker_done.cancelled() => break,
-            read = read_bounded_line(&mut reader, &mut line, config.max_line_bytes) => read,
+            read = read_line_within(&mut reader, &mut line, config.max_line_bytes, idle, line_time) => read,
+        };
+        let read = match read {
+            Ok(read) => read,
+            // A client waiting for its answers is not idle.
+            Err(Stalled::Idle) if !requests.is_empty() => continue,
+            Err(stalled) => {
+                let r = match stalled {
+                    Stalled::Idle => Rejection::new(ErrorCode::Timeout, "idle for too long, closing"),
+                    Stalled::MidLine => Rejection::new(ErrorCode::Timeout, "the request line did not end in time"),
+                };
+                service.refused(&r, TRANSPORT);
+                let _ = out_tx.send(protocol::error_json(None, &r)).await;
+                break;
+            }
         };
         match read {
             Ok(LineRead::Eof) | Err(_) => break,
             Ok(LineRead::TooLong) => {
                 let r = Rejection::new(
                     ErrorCode::TooLong,
-                    format!("request line longer than {} bytes", config.max_line_bytes),
+                    format!("request line longer than {} bytes, closing", config.max_line_bytes),
                 );
                 service.refused(&r, TRANSPORT);
                 let _ = out_tx.send(protocol::error_json(None, &r)).await;
-                continue;
+                break;
             }
             Ok(LineRead::Line) => {}
         }
@@ -248,8 +324,8 @@ async fn handle_connection(stream: UnixStream, service: Service) {
             continue;
         }
         match service.parse(&line, TRANSPORT) {
-            Err(rejection) => {
-                let _ = out_tx.send(protocol::error_json(None, &rejection)).await;
+            Err(refused) => {
+                let _ = out_tx.send(protocol::error_json(refused.id.as_deref(), &refused.rejection)).await;
             }
             Ok(Request::Health { id }) => {
                 let _ = out_tx.send(crate::health::health_event(id.as_deref(), &service.health())).await;
@@ -273,13 +349,23 @@ async fn handle_connection(stream: UnixStream, service: Service) {
             }
         }
     }
-    // The client left, or the daemon is stopping. Requests of a client that left are
-    // cancelled; at shutdown they are allowed to finish (drain).
-    if !service.stop_accepting.is_cancelled() {
-        origin.cancel_all();
-    }
+    // No more requests from this client. What it has in flight is still answered: it may have
+    // only shut down its writing (`socat`, `nc -N`). Only a peer that is really gone (both
+    // ways closed) has them cancelled; at shutdown they may finish (drain).
     requests.close();
-    requests.wait().await;
+    let read_half = reader.into_inner();
+    loop {
+        tokio::select! {
+            _ = requests.wait() => break,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                if peer_hung_up(read_half.as_ref()) && !service.stop_accepting.is_cancelled() {
+                    origin.cancel_all();
+                    requests.wait().await;
+                    break;
+                }
+            }
+        }
+    }
     drop(out_tx);
     let _ = writer.await;
 }
@@ -304,18 +390,17 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn bounded_line_reader_discards_long_lines_and_keeps_going() {
-        let data = b"short\nthis line is far too long\nok\nlast-no-newline".to_vec();
+    async fn bounded_line_reader_stops_at_the_limit() {
+        let data = b"short\nthis line is far too long\nok\n".to_vec();
         let mut reader = BufReader::with_capacity(4, &data[..]);
         let mut buf = Vec::new();
         assert_eq!(read_bounded_line(&mut reader, &mut buf, 10).await.unwrap(), LineRead::Line);
         assert_eq!(buf, b"short");
         assert_eq!(read_bounded_line(&mut reader, &mut buf, 10).await.unwrap(), LineRead::TooLong);
-        assert!(buf.capacity() <= 16, "the long line was never held");
-        assert_eq!(read_bounded_line(&mut reader, &mut buf, 10).await.unwrap(), LineRead::Line);
-        assert_eq!(buf, b"ok");
-        assert_eq!(read_bounded_line(&mut reader, &mut buf, 20).await.unwrap(), LineRead::Line);
+        assert!(buf.len() <= 10, "no more than the limit was held");
+        let mut tail = BufReader::with_capacity(4, &b"last-no-newline"[..]);
+        assert_eq!(read_bounded_line(&mut tail, &mut buf, 20).await.unwrap(), LineRead::Line);
         assert_eq!(buf, b"last-no-newline");
-        assert_eq!(read_bounded_line(&mut reader, &mut buf, 20).await.unwrap(), LineRead::Eof);
+        assert_eq!(read_bounded_line(&mut tail, &mut buf, 20).await.unwrap(), LineRead::Eof);
     }
 }
