@@ -31,38 +31,34 @@ fn read_to_close(stream: &mut UnixStream, within: Duration) -> Vec<serde_json::V
 #[test]
 fn clients_that_stall_mid_line_are_closed_and_cannot_lock_others_out() {
     let daemon = Daemon::start("[socket]\nmax_connections = 4\nline_timeout_ms = 600\n");
-    let mut stalled: Vec<UnixStream> = (0..4)
+    // One more staller than there are slots (a slot may also still be held for a moment by the
+    // start-up probe's connection): each is either refused `busy` at once or holds a slot
+    // until its line times out; none is left hanging.
+    let mut stalled: Vec<UnixStream> = (0..5)
         .map(|_| {
             let mut s = UnixStream::connect(&daemon.socket).unwrap();
             s.write_all(br#"{"prompt":"half a li"#).unwrap();
             s
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
-    // While every slot is held the next client is told `busy` (when the daemon has taken all
-    // four stalled ones by then; counted below either way).
-    let mut extra = UnixStream::connect(&daemon.socket).unwrap();
-    extra.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    let mut first = [0u8; 256];
-    let n = extra.read(&mut first).unwrap_or(0);
-    let extra_refused = String::from_utf8_lossy(&first[..n]).contains("\"busy\"");
-    drop(extra);
-    // The stalled ones are answered `timeout` and closed, freeing their slots.
     let started = Instant::now();
+    let mut codes = Vec::new();
     for s in &mut stalled {
         let events = read_to_close(s, Duration::from_secs(30));
-        assert_eq!(events.last().unwrap()["code"], "timeout", "{events:?}");
+        codes.push(events.last().unwrap()["code"].as_str().unwrap().to_string());
     }
     // 600 ms each, in parallel; the margin is for a machine busy with other work.
     assert!(started.elapsed() < Duration::from_secs(10), "closed within the line timeout: {:?}", started.elapsed());
+    let timeouts = codes.iter().filter(|c| *c == "timeout").count();
+    assert!(codes.iter().all(|c| c == "timeout" || c == "busy") && timeouts >= 3, "{codes:?}");
+    assert!(codes.contains(&"busy".to_string()), "one over the limit is refused: {codes:?}");
+    // Their slots are free again.
     let mut client = daemon.client();
     let done = client.ask(json!({"id": "ok", "prompt": "Say hi.", "max_tokens": 4}));
     assert_eq!(done["event"], "done", "{done}");
     let h = health(&mut client);
-    assert!(h["counters"]["errors"]["timeout"].as_u64().unwrap() >= 4, "{h}");
-    if extra_refused {
-        assert!(h["counters"]["errors"]["busy"].as_u64().unwrap() >= 1, "{h}");
-    }
+    assert!(h["counters"]["errors"]["timeout"].as_u64().unwrap() >= timeouts as u64, "{h}");
+    assert!(h["counters"]["errors"]["busy"].as_u64().unwrap() >= 1, "{h}");
 }
 
 #[test]
