@@ -67,6 +67,11 @@ install_prepared() { # from to files...
   shift 2
   mkdir -p "$to"
   for f in "$@"; do
+    # A golden file that says the same as the committed one (floats may differ in their last
+    # digits between CPUs) is left alone, so preparing never dirties the tree.
+    if [ "$f" = golden.json ] && [ -f "$to/$f" ] && "$venv/bin/python" "$here/same_golden.py" "$to/$f" "$from/$f"; then
+      continue
+    fi
     cp -f "$from/$f" "$to/$f.tmp" && mv -f "$to/$f.tmp" "$to/$f"
   done
   if ! git -C "$here" diff --quiet -- "$to/manifest.json" "$to/golden.json" 2>/dev/null; then

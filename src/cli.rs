@@ -139,7 +139,9 @@ pub async fn ask(socket: &Path, request: serde_json::Value, print_tokens: bool) 
         .await
         .map_err(|e| anyhow::anyhow!("cannot connect to {}: {e}", socket.display()))?;
     let (read, mut write) = stream.into_split();
-    write.write_all(format!("{request}\n").as_bytes()).await?;
+    // A refused connection (forbidden, busy, shutting down) gets one error line and is closed,
+    // possibly before the request is written: read that line rather than report a broken pipe.
+    let sent = write.write_all(format!("{request}\n").as_bytes()).await;
     let mut lines = BufReader::new(read).lines();
     let mut stdout = std::io::stdout();
     while let Some(line) = lines.next_line().await? {
@@ -153,7 +155,17 @@ pub async fn ask(socket: &Path, request: serde_json::Value, print_tokens: bool) 
             _ => return Ok(event),
         }
     }
+    sent.map_err(|e| anyhow::anyhow!("cannot send the request to {}: {e}", socket.display()))?;
     anyhow::bail!("the daemon closed the connection without an answer")
+}
+
+/// The daemon's error event as an error for the user: its code and message.
+pub fn daemon_error(event: &serde_json::Value) -> anyhow::Error {
+    anyhow::anyhow!(
+        "the daemon answered {}: {}",
+        event["code"].as_str().unwrap_or("an unexpected event"),
+        event["message"].as_str().unwrap_or("")
+    )
 }
 
 /// Loads the config file when given, else the embedded default.

@@ -71,6 +71,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::CheckConfig { config } => {
             let config = cli::load_config(config.as_deref()).map_err(bad_config)?;
+            config.check_model_files().map_err(bad_config)?;
+            config.check_service_files().map_err(bad_config)?;
             print!("{}", config.to_display_toml());
             println!();
             print!("{}", cli::MemoryBudget::estimate(&config).render());
@@ -78,6 +80,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Serve { config: path } => {
             let config = cli::load_config(path.as_deref()).map_err(bad_config)?;
+            config.check_service_files().map_err(bad_config)?;
             cli::init_logging(&config.logging.level);
             let runtime = runtime()?;
             runtime
@@ -106,11 +109,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
             match last["event"].as_str() {
                 Some("done") => Ok(()),
-                _ => Err(runtime_err(anyhow::anyhow!(
-                    "{}: {}",
-                    last["code"].as_str().unwrap_or("error"),
-                    last["message"].as_str().unwrap_or("")
-                ))),
+                _ => Err(runtime_err(cli::daemon_error(&last))),
             }
         }
         Command::Scan { file, config } => {
@@ -132,6 +131,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let event = runtime()?
                 .block_on(cli::ask(&socket, serde_json::json!({"op": "health"}), false))
                 .map_err(runtime_err)?;
+            if event["event"] != "health" {
+                return Err(runtime_err(cli::daemon_error(&event)));
+            }
             println!("{}", serde_json::to_string_pretty(&event["health"]).map_err(runtime_err)?);
             Ok(())
         }

@@ -19,6 +19,16 @@ fn socket_refuses_a_uid_that_is_not_allowed() {
     assert!(client.next_event().is_none(), "the connection is closed");
     assert!(daemon.log_text().contains("not in the allow-lists"));
 
+    // The CLI says why and fails, rather than printing `null` or "Broken pipe".
+    let bin = env!("CARGO_BIN_EXE_edgellm");
+    for args in [&["health"][..], &["ask", "Hi"][..]] {
+        let out = Command::new(bin).args(args).arg("--socket").arg(&daemon.socket).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(5), "{args:?}: {stderr}");
+        assert!(stderr.contains("forbidden"), "{args:?}: {stderr}");
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("null"), "{args:?}");
+    }
+
     let allowed = Daemon::start(&format!("[socket]\nallowed_uids = [{me}]\n"));
     let done = allowed.client().ask(json!({"id": "a", "prompt": "Hi", "max_tokens": 3}));
     assert_eq!(done["event"], "done");

@@ -532,6 +532,14 @@ fn bad_config_and_bad_model_exit_with_their_codes() {
     std::fs::remove_file(model.join("model.onnx")).unwrap();
     let out = Command::new(bin).args(["serve", "--config"]).arg(&config).output().unwrap();
     assert_eq!(out.status.code(), Some(4));
+    // A manifest checksum too short to be one: refused before anything slices it (no panic).
+    std::fs::write(model.join("model.onnx"), &real).unwrap();
+    manifest["model_sha256"] = "abc".into();
+    std::fs::write(model.join("manifest.json"), manifest.to_string()).unwrap();
+    let out = Command::new(bin).args(["serve", "--config"]).arg(&config).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("64 hex digits") && !stderr.contains("panic"), "{stderr}");
 }
 
 #[test]
@@ -570,4 +578,128 @@ fn a_paraphrased_question_gets_the_fact_through_dense_retrieval() {
     assert!(done["sources"].as_array().unwrap().iter().all(|s| s["file"] != "lab.md"), "{done}");
     assert!(!done["text"].as_str().unwrap().contains("4417"), "answer: {}", done["text"]);
     assert!(!log.contains("embedding model loaded"), "{log}");
+}
+
+#[test]
+fn check_config_and_serve_refuse_missing_files_with_their_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_edgellm");
+    let socket = dir.path().join("s.sock");
+    let config = dir.path().join("edgellm.toml");
+    let run = |command: &str, extra: &str| {
+        std::fs::write(&config, common::base_config(&socket, extra)).unwrap();
+        let out = Command::new(bin).args([command, "--config"]).arg(&config).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, stderr) = run("check-config", "");
+    assert_eq!(code, Some(0), "{stderr}");
+
+    let missing = dir.path().join("no-such-thing");
+    let missing_str = missing.display().to_string();
+    let cases = [
+        ("model.dir", format!("[model]\ndir = \"{missing_str}\"\n")),
+        ("grounding.knowledge_dir", format!("[grounding]\nknowledge_dir = \"{missing_str}\"\n")),
+        (
+            "mqtt.password_file",
+            format!("[mqtt]\nenabled = true\nusername = \"u\"\npassword_file = \"{missing_str}\"\n"),
+        ),
+        ("mqtt.tls.ca_file", format!("[mqtt]\nenabled = true\n[mqtt.tls]\nca_file = \"{missing_str}\"\n")),
+    ];
+    for (key, extra) in &cases {
+        let (code, stderr) = run("check-config", extra);
+        assert_eq!(code, Some(3), "{key}: {stderr}");
+        assert!(stderr.contains(key) && stderr.contains(&missing_str), "{key}: {stderr}");
+    }
+    // An embedding model directory that is missing, when dense retrieval will load it.
+    let knowledge = dir.path().join("knowledge");
+    std::fs::create_dir(&knowledge).unwrap();
+    let (code, stderr) = run(
+        "check-config",
+        &format!(
+            "[grounding]\nknowledge_dir = \"{}\"\n[grounding.embedding]\nmodel_dir = \"{missing_str}\"\n",
+            knowledge.display()
+        ),
+    );
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(stderr.contains("grounding.embedding.model_dir"), "{stderr}");
+
+    // `serve` fails the same way, at once, before it loads the model.
+    for (key, extra) in &cases[1..] {
+        let started = std::time::Instant::now();
+        let (code, stderr) = run("serve", extra);
+        assert_eq!(code, Some(3), "{key}: {stderr}");
+        assert!(stderr.contains(&missing_str), "{key}: {stderr}");
+        assert!(!stderr.contains("model loaded"), "{key}: {stderr}");
+        assert!(started.elapsed() < Duration::from_secs(30));
+    }
+}
+
+#[test]
+fn sighup_refuses_an_empty_file_is_safe_during_load_and_reaches_request_limits() {
+    // A SIGHUP while the model loads neither kills the daemon nor is lost.
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("s.sock");
+    let config_path = dir.path().join("edgellm.toml");
+    let base = common::base_config(
+        &socket,
+        "[generation]\nmax_new_tokens = 8\nmax_new_tokens_limit = 16\n[limits]\nmax_prompt_bytes = 4096\n",
+    );
+    std::fs::write(&config_path, &base).unwrap();
+    let log = dir.path().join("daemon.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_edgellm"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&config_path)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    common::wait_for(Duration::from_secs(60), || log_text().contains("loading the model"));
+    std::fs::write(&config_path, base.replace("max_new_tokens = 8", "max_new_tokens = 12")).unwrap();
+    common::signal(&child, "HUP");
+    common::wait_for(Duration::from_secs(120), || std::os::unix::net::UnixStream::connect(&socket).is_ok());
+    assert!(child.try_wait().unwrap().is_none(), "the daemon survived a SIGHUP during its start:\n{}", log_text());
+    common::wait_for(Duration::from_secs(10), || log_text().contains("SIGHUP: reloading"));
+    let mut client = Client::connect(&socket);
+    let done = client.ask(json!({"id": "a", "prompt": "Tell me about cats."}));
+    assert_eq!(done["usage"]["completion_tokens"], 12, "the deferred reload applied: {done}");
+
+    // An emptied file is refused loudly; the settings in force stay.
+    std::fs::write(&config_path, "# nothing here\n").unwrap();
+    common::signal(&child, "HUP");
+    common::wait_for(Duration::from_secs(10), || log_text().contains("holds no settings"));
+    assert!(log_text().contains("new config rejected"));
+    let done = client.ask(json!({"id": "b", "prompt": "Tell me about dogs."}));
+    assert_eq!(done["usage"]["completion_tokens"], 12, "{done}");
+
+    // Reloaded limits reach request parsing on a connection opened before the reload: a
+    // smaller prompt limit refuses, a raised answer limit admits (and the whole answer
+    // arrives: the event channel is sized per request).
+    let long_prompt = "Tell me about birds. ".repeat(20);
+    let done = client.ask(json!({"id": "c", "prompt": long_prompt, "max_tokens": 40}));
+    assert_eq!(done["code"], "bad_request", "above the old max_new_tokens_limit: {done}");
+    std::fs::write(
+        &config_path,
+        base.replace("max_new_tokens_limit = 16", "max_new_tokens_limit = 200")
+            .replace("max_prompt_bytes = 4096", "max_prompt_bytes = 300"),
+    )
+    .unwrap();
+    common::signal(&child, "HUP");
+    common::wait_for(Duration::from_secs(10), || log_text().matches("SIGHUP: reloading").count() == 2);
+    assert!(log_text().contains("limits.max_prompt_bytes"), "the log names what changed:\n{}", log_text());
+    let refused = client.ask(json!({"id": "d", "prompt": long_prompt, "max_tokens": 40}));
+    assert_eq!(refused["code"], "too_long", "{refused}");
+    let events = {
+        client.send(
+            &json!({"id": "e", "prompt": "Write a short story about a cat.", "max_tokens": 40, "stream": true})
+                .to_string(),
+        );
+        client.until_final("e")
+    };
+    let done = events.last().unwrap();
+    assert_eq!(done["event"], "done", "{done}");
+    let tokens = events.iter().filter(|e| e["event"] == "token").count();
+    assert!(tokens > 16, "more tokens than the old limit arrived: {tokens}");
+    let _ = child.kill();
+    let _ = child.wait();
 }

@@ -59,3 +59,46 @@ fn long_text_is_truncated_not_refused_and_a_wrong_buffer_is_an_error() {
     let mut short = vec![0.0; 3];
     assert!(embedder.embed("hello", &mut short).is_err());
 }
+
+/// `make model` must not dirty the tree: a prepared golden file whose floats differ from the
+/// committed one only in their last digits (onnxruntime on another CPU) is left alone, while
+/// a real change (a token, an embedding off by more than 1e-4) replaces it.
+#[test]
+fn preparing_keeps_the_committed_golden_unless_it_really_changed() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let same = |committed: &std::path::Path, prepared: &serde_json::Value| {
+        let path = dir.path().join("prepared.json");
+        std::fs::write(&path, prepared.to_string()).unwrap();
+        let status = std::process::Command::new("python3")
+            .arg(root.join("models/same_golden.py"))
+            .arg(committed)
+            .arg(&path)
+            .status()
+            .expect("python3 runs models/same_golden.py");
+        status.code() == Some(0)
+    };
+    let minilm = root.join("models/minilm/golden.json");
+    let golden: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&minilm).unwrap()).unwrap();
+    let nudged = |by: f64, only_first: bool| {
+        let mut g = golden.clone();
+        for (i, sentence) in g["sentences"].as_array_mut().unwrap().iter_mut().enumerate() {
+            for x in sentence["embedding"].as_array_mut().unwrap() {
+                if !only_first || i == 0 {
+                    *x = serde_json::json!(x.as_f64().unwrap() + by);
+                }
+            }
+        }
+        g
+    };
+    assert!(same(&minilm, &golden));
+    assert!(same(&minilm, &nudged(3e-6, false)), "last-digit drift keeps the committed file");
+    assert!(!same(&minilm, &nudged(1e-2, true)), "a real change replaces it");
+
+    let smollm = root.join("models/smollm2/golden.json");
+    let mut tokens: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&smollm).unwrap()).unwrap();
+    assert!(same(&smollm, &tokens));
+    let first = &mut tokens["cases"][0]["greedy_ids"][0];
+    *first = serde_json::json!(first.as_u64().unwrap() + 1);
+    assert!(!same(&smollm, &tokens), "a different token replaces it");
+}

@@ -185,3 +185,36 @@ fn two_daemons_sharing_a_subscription_answer_each_prompt_exactly_once() {
     let late = subscribe(broker.port, "answers/pool/+", 1, 3);
     assert!(messages(late).is_empty());
 }
+
+/// Item 10: another client connecting with the daemon's client id (a cloned SD card keeps the
+/// host name) takes the session over. The daemon names the cause in the log, reports
+/// `degraded`, keeps serving its socket, and backs off instead of taking the session back
+/// twice a second.
+#[test]
+fn a_session_takeover_is_logged_reported_degraded_and_not_fought() {
+    let broker = Broker::start();
+    let daemon = Daemon::start(&mqtt_config(&broker, ""));
+    wait_connected(&daemon);
+    let mut usurper = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string(), "-V", "5", "-i", "edgellm-dev1", "-t", "x/y"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto_sub");
+    common::wait_for(Duration::from_secs(20), || daemon.log_text().contains("MQTT session taken over"));
+    let mut client = daemon.client();
+    let doc = health(&mut client);
+    assert_eq!(doc["state"], "degraded", "{doc}");
+    assert!(doc["degraded_reasons"].to_string().contains("client id"), "{doc}");
+    assert_eq!(doc["mqtt"]["connected"], false, "{doc}");
+    // No fight: over the next seconds the daemon does not take the session back.
+    std::thread::sleep(Duration::from_secs(6));
+    let log = daemon.log_text();
+    assert_eq!(log.matches("MQTT session taken over").count(), 1, "{log}");
+    assert!(usurper.try_wait().unwrap().is_none(), "the other client keeps its session");
+    // The socket keeps serving meanwhile.
+    let done = client.ask(json!({"id": "s", "prompt": "Hi", "max_tokens": 3}));
+    assert_eq!(done["event"], "done", "{done}");
+    let _ = usurper.kill();
+    let _ = usurper.wait();
+}

@@ -23,6 +23,20 @@ pub enum ConfigError {
     Parse(String),
     #[error("invalid value for `{key}`: {reason}")]
     Invalid { key: &'static str, reason: String },
+    /// A file or directory the daemon will open is missing or unreadable.
+    #[error("`{key}`: cannot open {path}: {reason}")]
+    Missing { key: &'static str, path: PathBuf, reason: String },
+}
+
+/// The file (or directory) at `path` must be readable; `key` names the setting it comes from.
+fn must_open(key: &'static str, path: &Path) -> Result<(), ConfigError> {
+    let missing = |reason: String| ConfigError::Missing { key, path: path.into(), reason };
+    let meta = std::fs::metadata(path).map_err(|e| missing(e.to_string()))?;
+    if meta.is_dir() {
+        std::fs::read_dir(path).map(drop).map_err(|e| missing(e.to_string()))
+    } else {
+        std::fs::File::open(path).map(drop).map_err(|e| missing(e.to_string()))
+    }
 }
 
 fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -509,7 +523,59 @@ impl Config {
         Ok(self)
     }
 
-    /// Reads the MQTT password from wherever the config says it is.
+    /// Every file `serve` opens besides the models: the knowledge directory, the MQTT password
+    /// file and TLS files. Checked before the model is loaded, so a typo fails at once (exit 3)
+    /// instead of after a load of many seconds.
+    pub fn check_service_files(&self) -> Result<(), ConfigError> {
+        if let Some(dir) = &self.grounding.knowledge_dir {
+            must_open("grounding.knowledge_dir", dir)?;
+        }
+        if !self.mqtt.enabled {
+            return Ok(());
+        }
+        if let Some(path) = &self.mqtt.password_file {
+            must_open("mqtt.password_file", path)?;
+        }
+        if let Some(tls) = &self.mqtt.tls {
+            must_open("mqtt.tls.ca_file", &tls.ca_file)?;
+            if let Some(cert) = &tls.client_cert {
+                must_open("mqtt.tls.client_cert", cert)?;
+            }
+            if let Some(key) = &tls.client_key {
+                must_open("mqtt.tls.client_key", key)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The model files `serve` loads: the language model's manifest, weights and tokenizer,
+    /// and the embedding model's when dense retrieval is on. `check-config` runs this too.
+    pub fn check_model_files(&self) -> Result<(), ConfigError> {
+        let dir = &self.model.dir;
+        let (manifest, _) = edgellm_engine::ModelManifest::load(dir).map_err(|e| ConfigError::Missing {
+            key: "model.dir",
+            path: dir.clone(),
+            reason: e.to_string(),
+        })?;
+        must_open("model.dir", &manifest.model_path(dir))?;
+        must_open("model.dir", &manifest.tokenizer_path(dir))?;
+        let embedding = &self.grounding.embedding;
+        if embedding.enabled
+            && self.grounding.knowledge_dir.is_some()
+            && let Some(dir) = &embedding.model_dir
+        {
+            let key = "grounding.embedding.model_dir";
+            let manifest = edgellm_engine::EmbedderManifest::load(dir).map_err(|e| ConfigError::Missing {
+                key,
+                path: dir.clone(),
+                reason: e.to_string(),
+            })?;
+            must_open(key, &dir.join(&manifest.model_file))?;
+            must_open(key, &dir.join(&manifest.tokenizer_file))?;
+        }
+        Ok(())
+    }
+
     /// The engine's settings; `model_dir` overrides the config's (`--model-dir`).
     pub fn engine_options(&self, model_dir: Option<&Path>) -> EngineOptions {
         EngineOptions {
@@ -532,6 +598,7 @@ impl Config {
         }
     }
 
+    /// Reads the MQTT password from wherever the config says it is.
     pub fn mqtt_password(&self) -> Result<Option<String>, ConfigError> {
         if let Some(path) = &self.mqtt.password_file {
             let text =

@@ -49,8 +49,13 @@ pub async fn run(
     config_path: Option<PathBuf>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
+    // Watch SIGHUP before the model loads: its default action would end the process without
+    // a word. One that arrives during the load is kept and handled once the daemon is ready.
+    let mut hangup =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).map_err(DaemonError::Signal)?;
     let notifier = Arc::new(Notifier::from_env());
     notifier.status("loading the model");
+    tracing::info!(model_dir = %config.model.dir.display(), "loading the model");
     let metrics = Arc::new(Metrics::new(600));
     metrics.queue_capacity.store(config.queue.capacity, Relaxed);
     let reporter = Arc::new(Reporter::new(&config, crate::budget::MemoryBudget::estimate(&config).total_mib()));
@@ -97,13 +102,11 @@ pub async fn run(
     tracing::info!(socket = config.socket.enabled, mqtt = config.mqtt.enabled, "ready");
     let watchdog = tokio::spawn(watchdog(notifier.clone(), metrics.clone(), service.worker_done.clone()));
 
-    let mut hangup =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).map_err(DaemonError::Signal)?;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
-            _ = hangup.recv() => reload(config_path.as_deref(), &control_tx, &notifier),
+            _ = hangup.recv() => reload(config_path.as_deref(), &service, &control_tx, &notifier),
         }
     }
 
@@ -140,22 +143,97 @@ pub async fn run(
     Ok(())
 }
 
-/// Re-reads the config; a bad file is refused and the running settings stay.
-fn reload(path: Option<&std::path::Path>, control: &std::sync::mpsc::Sender<Control>, notifier: &Notifier) {
+/// Re-reads the config; a bad or empty file is refused and the running settings stay. The new
+/// settings reach the worker (pipeline, generation) and the service (request limits, timeouts,
+/// per-connection socket settings); what only a restart can change is named in the log.
+fn reload(
+    path: Option<&std::path::Path>,
+    service: &Service,
+    control: &std::sync::mpsc::Sender<Control>,
+    notifier: &Notifier,
+) {
     let Some(path) = path else {
         tracing::warn!("SIGHUP: no config file to reload (running on the embedded default)");
         return;
     };
-    match Config::load(path) {
-        Ok(new) => {
-            tracing::info!(path = %path.display(), "SIGHUP: reloading");
-            let _ = control.send(Control::Reload(Box::new(new)));
-            notifier.status("ready (reloaded)");
-        }
+    let new = match read_for_reload(path) {
+        Ok(new) => new,
         Err(e) => {
-            tracing::error!(path = %path.display(), error = %e, "SIGHUP: new config rejected, keeping the old one")
+            tracing::error!(path = %path.display(), error = %e, "SIGHUP: new config rejected, keeping the old one");
+            return;
+        }
+    };
+    let old = service.config();
+    let changed = changed_keys(&old, &new);
+    if changed.is_empty() {
+        tracing::info!(path = %path.display(), "SIGHUP: the config is unchanged");
+        return;
+    }
+    let needs_restart: Vec<&str> =
+        changed.iter().map(String::as_str).filter(|key| RESTART_ONLY.iter().any(|p| key.starts_with(p))).collect();
+    // The worker hears first: a request admitted under the new limits finds the worker's
+    // reload waiting ahead of it.
+    let new = Arc::new(new);
+    let _ = control.send(Control::Reload(Box::new((*new).clone())));
+    service.set_config(new);
+    tracing::info!(path = %path.display(), changed = %changed.join(", "), "SIGHUP: reloading");
+    if !needs_restart.is_empty() {
+        tracing::warn!(keys = %needs_restart.join(", "), "SIGHUP: these settings take effect only after a restart");
+    }
+    notifier.status("ready (reloaded)");
+}
+
+/// Settings read once at start: the model and its threads, the queue, the listeners, the
+/// broker connection and the health publisher.
+const RESTART_ONLY: &[&str] = &[
+    "device_id",
+    "model.",
+    "queue.",
+    "socket.path",
+    "socket.mode",
+    "socket.enabled",
+    "socket.max_connections",
+    "mqtt.",
+    "health.",
+    "logging.level",
+];
+
+/// Loads the config for a reload, refusing a file with no settings at all: a truncated or
+/// emptied file would otherwise silently reset everything to the defaults.
+fn read_for_reload(path: &std::path::Path) -> Result<Config, crate::config::ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| crate::config::ConfigError::Read { path: path.into(), source })?;
+    if toml::from_str::<toml::Table>(&text).is_ok_and(|t| t.is_empty()) {
+        return Err(crate::config::ConfigError::Parse(format!(
+            "{} holds no settings (empty file?); refusing to reset every setting to its default",
+            path.display()
+        )));
+    }
+    let config = Config::load(path)?;
+    config.check_service_files()?;
+    Ok(config)
+}
+
+/// The dotted keys whose values differ between two configs (never the values: they may be
+/// secrets).
+fn changed_keys(old: &Config, new: &Config) -> Vec<String> {
+    fn walk(prefix: &str, a: Option<&toml::Value>, b: Option<&toml::Value>, out: &mut Vec<String>) {
+        match (a, b) {
+            (Some(toml::Value::Table(a)), Some(toml::Value::Table(b))) => {
+                let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+                for key in keys {
+                    let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+                    walk(&path, a.get(key), b.get(key), out);
+                }
+            }
+            (a, b) if a != b => out.push(prefix.to_string()),
+            _ => {}
         }
     }
+    let as_value = |c: &Config| toml::Value::try_from(c).ok();
+    let mut out = Vec::new();
+    walk("", as_value(old).as_ref(), as_value(new).as_ref(), &mut out);
+    out
 }
 
 /// Pings systemd's watchdog only while the worker makes progress: its heartbeat moves at

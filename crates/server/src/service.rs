@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -28,7 +28,9 @@ pub struct Service {
     admission: Arc<Admission>,
     pub metrics: Arc<Metrics>,
     reporter: Arc<Reporter>,
-    pub config: Arc<Config>,
+    /// The settings in force: replaced as a whole on reload, read afresh by every request and
+    /// every new connection.
+    settings: Arc<RwLock<Arc<Config>>>,
     /// Fired at shutdown: stop taking new requests, finish what is in flight.
     pub stop_accepting: CancellationToken,
     /// Fired when the worker is done: in-flight answers are all final.
@@ -42,9 +44,6 @@ pub struct Service {
 struct Admission {
     queue: SyncSender<Job>,
     accepting: AtomicBool,
-    /// Events one answer can produce: every token plus the final event.
-    event_capacity: usize,
-    timeout: Duration,
     next_id: AtomicU64,
     /// Random keys for the ids of requests that carry none.
     id_keys: std::collections::hash_map::RandomState,
@@ -60,8 +59,6 @@ impl Service {
         let admission = Admission {
             queue,
             accepting: AtomicBool::new(true),
-            event_capacity: config.generation.max_new_tokens_limit + 2,
-            timeout: Duration::from_millis(config.generation.request_timeout_ms),
             next_id: AtomicU64::new(0),
             id_keys: Default::default(),
         };
@@ -69,11 +66,21 @@ impl Service {
             admission: Arc::new(admission),
             metrics,
             reporter,
-            config,
+            settings: Arc::new(RwLock::new(config)),
             stop_accepting: CancellationToken::new(),
             worker_done: CancellationToken::new(),
             state_changed: Arc::new(tokio::sync::Notify::new()),
         }
+    }
+
+    /// The settings in force now (a reload replaces them; a snapshot stays consistent).
+    pub fn config(&self) -> Arc<Config> {
+        self.settings.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Puts reloaded settings in force for every later request and connection.
+    pub(crate) fn set_config(&self, config: Arc<Config>) {
+        *self.settings.write().unwrap_or_else(PoisonError::into_inner) = config;
     }
 
     pub fn health(&self) -> HealthDoc {
@@ -83,9 +90,10 @@ impl Service {
     /// Parses one request document with the configured limits. A refusal is counted and
     /// logged (the message never quotes the payload; a field name in it is escaped).
     pub fn parse(&self, bytes: &[u8], transport: &'static str) -> Result<Request, BadRequest> {
+        let config = self.config();
         let limits = ParseLimits {
-            max_prompt_bytes: self.config.limits.max_prompt_bytes,
-            max_new_tokens: self.config.generation.max_new_tokens_limit,
+            max_prompt_bytes: config.limits.max_prompt_bytes,
+            max_new_tokens: config.generation.max_new_tokens_limit,
         };
         parse_request(bytes, limits, || self.new_id()).inspect_err(|e| self.refused(&e.rejection, transport))
     }
@@ -124,10 +132,13 @@ impl Service {
         if !a.accepting.load(Relaxed) {
             return Err(Rejection::new(ErrorCode::ShuttingDown, "the daemon is shutting down"));
         }
-        let (events_tx, events) = mpsc::channel(a.event_capacity);
+        let config = self.config();
+        // Room for every event one answer can produce: each token plus the final event.
+        let (events_tx, events) = mpsc::channel(config.generation.max_new_tokens_limit + 2);
         let cancel = CancellationToken::new();
         let now = Instant::now();
-        let job = Job { request, events: events_tx, cancel: cancel.clone(), admitted: now, deadline: now + a.timeout };
+        let timeout = Duration::from_millis(config.generation.request_timeout_ms);
+        let job = Job { request, events: events_tx, cancel: cancel.clone(), admitted: now, deadline: now + timeout };
         // Count before sending: the worker decrements as soon as it takes the job.
         self.metrics.queue_depth.fetch_add(1, Relaxed);
         match a.queue.try_send(job) {

@@ -147,6 +147,11 @@ impl Worker {
             }
             match queue.recv_timeout(Duration::from_millis(200)) {
                 Ok(job) => {
+                    // A reload sent before this job was admitted applies to it (the daemon
+                    // sends the reload before the service admits under the new settings).
+                    while let Ok(Control::Reload(config)) = control_rx.try_recv() {
+                        self.reload(*config);
+                    }
                     self.metrics.queue_depth.fetch_sub(1, Relaxed);
                     self.metrics.worker_busy.store(true, Relaxed);
                     self.process(job);

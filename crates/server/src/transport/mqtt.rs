@@ -196,7 +196,7 @@ async fn publish_loop(client: AsyncClient, mut out: mpsc::Receiver<Outgoing>, qo
 }
 
 async fn health_loop(mqtt: Arc<Mqtt>, service: Service, out: mpsc::Sender<Outgoing>) {
-    let interval = Duration::from_secs(service.config.health.interval_secs);
+    let interval = Duration::from_secs(service.config().health.interval_secs);
     let topic = format!("{}/health", mqtt.prefix);
     loop {
         // A document queued while disconnected would reach the broker stale (saying
@@ -280,6 +280,10 @@ async fn event_loop(
     let mut backoff = mqtt.backoff.0;
     let mut connected_once = false;
     let mut down_logged = false;
+    // When the current connection was made, and how many connections in a row the broker
+    // closed soon after making them: a takeover fight when the broker does not say so.
+    let mut connected_at: Option<std::time::Instant> = None;
+    let mut short_sessions = 0u32;
     let mut recent = RecentIds::new(mqtt.dedup_window);
     // Requests in flight wait for room in the reply buffer: no more of them than it holds.
     let origin = service.origin(mqtt.reply_buffer);
@@ -296,6 +300,7 @@ async fn event_loop(
                     service.metrics.mqtt_reconnects.fetch_add(1, Relaxed);
                 }
                 connected_once = true;
+                connected_at = Some(std::time::Instant::now());
                 tracing::info!(session_present = ack.session_present, "MQTT connected");
                 tokio::spawn(on_connect(mqtt.clone(), client.clone(), service.clone(), out.clone()));
             }
@@ -329,20 +334,39 @@ async fn event_loop(
                 if done.is_cancelled() {
                     return;
                 }
-                if let ConnectionError::MqttState(StateError::ServerDisconnect {
-                    reason_code: DisconnectReasonCode::SessionTakenOver,
-                    ..
-                }) = &e
-                {
+                let lasted = connected_at.take().map(|at| at.elapsed());
+                if lasted.is_some_and(|d| d < SHORT_SESSION) {
+                    short_sessions += 1;
+                } else if lasted.is_some() {
+                    short_sessions = 0;
+                }
+                let said_so = matches!(
+                    &e,
+                    ConnectionError::MqttState(StateError::ServerDisconnect {
+                        reason_code: DisconnectReasonCode::SessionTakenOver,
+                        ..
+                    })
+                );
+                if said_so || short_sessions >= SHORT_SESSIONS_FOR_TAKEOVER {
                     // Two daemons with one client id (a cloned SD card keeps the host name)
                     // would take the session from each other forever: say so, and back off.
+                    // An MQTT 5 broker may say so (reason 0x8E); mosquitto 2.0 just closes the
+                    // old connection, so sessions the broker ends right after making them,
+                    // several in a row, are taken for the same fight.
                     service.metrics.mqtt_taken_over_at.store(unix_now(), Relaxed);
                     backoff = (backoff.max(TAKEOVER_BACKOFF) * 2).min(TAKEOVER_BACKOFF * 16);
                     down_logged = true;
+                    short_sessions = 0;
+                    let cause = if said_so {
+                        "the broker said so"
+                    } else {
+                        "the broker closed several connections in a row right after making them"
+                    };
                     tracing::error!(
                         client_id = %mqtt.options.client_id().escape_debug(),
                         retry_in_s = backoff.as_secs(),
-                        "MQTT session taken over: another client connected with this client id; \
+                        cause,
+                        "MQTT session taken over: another client connects with this client id; \
                          give each device its own device_id or mqtt.client_id"
                     );
                 }
@@ -356,6 +380,11 @@ async fn event_loop(
         }
     }
 }
+
+/// A connection the broker closes sooner than this after making it counts towards a takeover.
+const SHORT_SESSION: Duration = Duration::from_secs(5);
+/// Short sessions in a row taken for a takeover fight.
+const SHORT_SESSIONS_FOR_TAKEOVER: u32 = 3;
 
 /// How long to wait before reconnecting after another client took our session: far longer
 /// than a normal reconnect, so two daemons with one client id do not fight twice a second.

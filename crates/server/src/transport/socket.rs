@@ -89,8 +89,10 @@ fn take_listen_fd() -> OwnedFd {
 /// Accepts connections until shutdown, then waits for every connection to finish its answers
 /// (answering new ones `shutting_down` meanwhile).
 pub async fn serve(listener: UnixListener, service: Service) {
-    let config = &service.config.socket;
-    let slots = Arc::new(Semaphore::new(config.max_connections));
+    // The connection limit is fixed for the listener's life (a reload that changes it takes
+    // effect at restart); the allow-lists and per-connection settings are read per connection.
+    let max_connections = service.config().socket.max_connections;
+    let slots = Arc::new(Semaphore::new(max_connections));
     let tracker = TaskTracker::new();
     loop {
         let stream = tokio::select! {
@@ -104,13 +106,13 @@ pub async fn serve(listener: UnixListener, service: Service) {
                 }
             },
         };
-        if let Err(reason) = check_peer(&stream, config) {
+        if let Err(reason) = check_peer(&stream, &service.config().socket) {
             tracing::warn!(%reason, "socket client refused");
             refuse(&service, stream, ErrorCode::Forbidden, "this user may not use the socket").await;
             continue;
         }
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(max = config.max_connections, "socket client refused: too many connections");
+            tracing::warn!(max = max_connections, "socket client refused: too many connections");
             refuse(&service, stream, ErrorCode::Busy, "too many connections").await;
             continue;
         };
@@ -135,8 +137,9 @@ pub async fn serve(listener: UnixListener, service: Service) {
             }
         }
     }
-    if !service.config.socket.path.as_os_str().is_empty() && inherited_listener_env_absent() {
-        let _ = std::fs::remove_file(&service.config.socket.path);
+    let path = service.config().socket.path.clone();
+    if !path.as_os_str().is_empty() && inherited_listener_env_absent() {
+        let _ = std::fs::remove_file(&path);
     }
 }
 
@@ -268,7 +271,8 @@ fn peer_hung_up(stream: &UnixStream) -> bool {
 }
 
 async fn handle_connection(stream: UnixStream, service: Service) {
-    let config = &service.config.socket;
+    let settings = service.config();
+    let config = &settings.socket;
     let (read_half, mut write_half) = stream.into_split();
     let mut reader = BufReader::with_capacity(16 * 1024, read_half);
     // Outgoing lines from every request of this connection; the writer task owns the socket.
