@@ -145,3 +145,46 @@ fn mqtt_over_tls_with_a_client_certificate() {
     let key = format!("{}/client.key", d.display());
     assert_eq!(mqtt_status(broker.port, &["--cafile", &ca, "--cert", &cert, "--key", &key]), "online");
 }
+
+/// Item 23: refusals that never reach the queue are counted by code: `forbidden` (read from
+/// the retained health on the broker, since a forbidden client cannot ask), the per-connection
+/// in-flight limit (`busy`) and an id already in flight (`bad_request`).
+#[test]
+fn every_refusal_is_counted_by_code() {
+    let broker = Broker::start();
+    let me = nix::unistd::getuid().as_raw();
+    let closed = Daemon::start(&format!(
+        "[socket]\nallowed_uids = [{}]\n[mqtt]\nenabled = true\nport = {}\n[health]\ninterval_secs = 1\n",
+        me + 4242,
+        broker.port
+    ));
+    assert_eq!(closed.client().next_event().unwrap()["code"], "forbidden");
+    let forbidden_counted = || {
+        let out = Command::new("mosquitto_sub")
+            .args(["-h", "localhost", "-p", &broker.port.to_string(), "-t", "edgellm/dev1/health", "-C", "1"])
+            .args(["-W", "5"])
+            .output()
+            .unwrap();
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        // The start-up probe's connection was refused too.
+        doc["counters"]["errors"]["forbidden"].as_u64().unwrap_or(0) >= 1
+    };
+    common::wait_for(Duration::from_secs(30), forbidden_counted);
+
+    let open = Daemon::start("[socket]\nmax_inflight_per_connection = 1\n");
+    let mut client = open.client();
+    client.send(r#"{"id":"a","prompt":"Write a story about the sea.","max_tokens":40,"stream":true}"#);
+    client.send(r#"{"id":"a","prompt":"Another prompt with the same id."}"#);
+    client.send(r#"{"id":"b","prompt":"A second request on a one-request connection."}"#);
+    let events = client.until_final("b");
+    assert_eq!(events.last().unwrap()["code"], "busy", "{events:?}");
+    let duplicate =
+        events.iter().find(|e| e["event"] == "error" && e["id"] == "a").expect("a refusal for the reused id");
+    assert_eq!(duplicate["code"], "bad_request", "{duplicate}");
+    client.until_final("a");
+    client.send(r#"{"op":"health"}"#);
+    let health = client.next_event().unwrap();
+    let errors = &health["health"]["counters"]["errors"];
+    assert_eq!(errors["busy"], 1, "{health}");
+    assert_eq!(errors["bad_request"], 1, "{health}");
+}
