@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the ARM builds and tests need (tools/arm.sh), and does nothing when it is there:
-# Debian's Rust (`rustc-web`, installed as /usr/bin/rustc and /usr/bin/cargo, sysroot /usr) with
+# Debian's Rust (`rustc-web`, installed as /usr/bin/rustc, cargo and clippy, sysroot /usr) with
 # its standard library for arm64 and armhf, the cross linkers and C libraries, user-mode QEMU.
 #
 # arm64's standard library comes from apt (multiarch). armhf's too when its index can be read;
@@ -21,7 +21,7 @@ apt_get() {
 }
 installed() { [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)" = installed ]; }
 
-packages=(rustc-web cargo-web libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu libc6-dev-arm64-cross
+packages=(rustc-web cargo-web rust-web-clippy libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu libc6-dev-arm64-cross
   gcc-arm-linux-gnueabihf libc6-dev-armhf-cross qemu-user-static)
 missing=()
 for p in "${packages[@]}"; do installed "$p" || missing+=("$p"); done

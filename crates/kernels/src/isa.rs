@@ -105,17 +105,17 @@ impl Isa {
 
     /// The one-token 4-bit product has a fused kernel.
     pub fn fused_q4_decode(self) -> bool {
-        matches!(self, Isa::Avx2 | Isa::Avx512)
+        matches!(self, Isa::Avx2 | Isa::Avx512 | Isa::Neon | Isa::NeonDotprod)
     }
 
     /// Prompt chunks (several columns) have a fused 4-bit kernel.
     pub fn fused_q4_chunks(self) -> bool {
-        self == Isa::Avx512
+        matches!(self, Isa::Avx512 | Isa::Neon | Isa::NeonDotprod)
     }
 
     /// The fused attention has a kernel.
     pub fn fused_attention(self) -> bool {
-        self == Isa::Avx512
+        matches!(self, Isa::Avx512 | Isa::Neon | Isa::NeonDotprod)
     }
 }
 
