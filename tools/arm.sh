@@ -100,11 +100,17 @@ aarch64() {
     $cargo test --profile $profile --locked --target $t --test tiny
   if [ "${ARM_SKIP_REAL:-}" != 1 ] && [ -f "$real_model/model.onnx" ]; then
     say "the real model under QEMU: What is the capital of France?"
-    local answer
-    answer=$(timed "aarch64 real model" qemu-aarch64-static "$CARGO_TARGET_DIR/$t/$profile/edgellm" \
-      generate --model-dir "$real_model" --max-tokens 24 --stats "What is the capital of France?")
+    local answer log
+    log=$(mktemp)
+    answer=$(RUST_LOG=edgellm_engine=debug timed "aarch64 real model" qemu-aarch64-static \
+      "$CARGO_TARGET_DIR/$t/$profile/edgellm" generate --model-dir "$real_model" --max-tokens 24 --stats \
+      "What is the capital of France?" 2>"$log") || { cat "$log"; return 1; }
     say "answer: $answer"
+    grep -E "q4_matvecs|tok/s|tokens" "$log" | sed 's/^/[arm]   /' || true
+    # tract must have packed the 4-bit weights as our NEON kernels read them.
+    grep -qE "q4_matvecs=[1-9]" "$log" || { say "no 4-bit product took the NEON kernels"; return 1; }
     grep -q Paris <<<"$answer" || { say "the answer does not name Paris"; return 1; }
+    rm -f "$log"
   fi
   timed "arm64 .deb" check_deb $t arm64 183
 }
