@@ -9,8 +9,9 @@
 # `QEMU_CPU=cortex-a72` (plain NEON, a Raspberry Pi 4). armv7 has no kernels of ours: tract's.
 #
 # Builds use the `arm-ci` profile (Cargo.toml: opt-level 1, tract's and our kernels at 3) in
-# their own target dir outside the clone (EDGELLM_ARM_TARGET_DIR, default
-# $EDGELLM_CACHE/armtarget), with Debian's cargo home (EDGELLM_ARM_CARGO_HOME). Stages:
+# their own target dirs outside the clone (EDGELLM_ARM_TARGET_DIR, default
+# $EDGELLM_CACHE/armtarget, and the same with -armv7), with Debian's cargo home
+# (EDGELLM_ARM_CARGO_HOME). Stages:
 #   tools/arm.sh [aarch64] [armv7]      (default: both)
 # Environment: ARM_SKIP_REAL=1 skips the real model's answer (about two minutes under QEMU).
 set -euo pipefail
@@ -36,7 +37,8 @@ tools/arm-deps.sh
 # the arm64 libc that multiarch installs, and the first thread start loops forever.
 export PATH="/usr/bin:$PATH" RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc CARGO=/usr/bin/cargo
 export CARGO_HOME="${EDGELLM_ARM_CARGO_HOME:-$cache/armcargo}"
-export CARGO_TARGET_DIR="${EDGELLM_ARM_TARGET_DIR:-$cache/armtarget}"
+# One target dir per target, so that the two can be built at once (cargo locks a target dir).
+target_root="${EDGELLM_ARM_TARGET_DIR:-$cache/armtarget}"
 export CARGO_TERM_COLOR=never
 unset RUSTFLAGS CARGO_BUILD_TARGET
 export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar
@@ -52,7 +54,7 @@ fi
 # cargo-deb is a cargo subcommand installed by tools/test-deps.sh (rustup's cargo home).
 export PATH="$PATH:$HOME/.cargo/bin"
 cargo="/usr/bin/cargo"
-say "$($RUSTC --version), target dir $CARGO_TARGET_DIR"
+say "$($RUSTC --version), target dirs under $target_root"
 
 # The real model (make model) for the one-prompt check; the tiny one is committed.
 real_model="$root/models/smollm2"
@@ -88,6 +90,7 @@ check_deb() { # triple debian-arch elf-machine
 
 aarch64() {
   local t=aarch64-unknown-linux-gnu
+  export CARGO_TARGET_DIR="$target_root"
   timed "aarch64 clippy" nice -n 10 $cargo clippy --profile $profile --locked --target $t --workspace --all-targets -- -D warnings
   timed "aarch64 build" nice -n 10 $cargo build --profile $profile --locked --target $t --workspace --bins
   for cpu in max cortex-a72; do
@@ -117,6 +120,7 @@ aarch64() {
 
 armv7() {
   local t=armv7-unknown-linux-gnueabihf
+  export CARGO_TARGET_DIR="$target_root-armv7"
   timed "armv7 clippy" nice -n 10 $cargo clippy --profile $profile --locked --target $t --workspace --all-targets -- -D warnings
   timed "armv7 build" nice -n 10 $cargo build --profile $profile --locked --target $t --workspace --bins
   timed "armv7 tests" nice -n 10 $cargo test --profile $profile --locked --target $t --workspace --lib --bins --test tiny
