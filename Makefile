@@ -7,7 +7,7 @@ export CROSS_CONFIG ?= $(CURDIR)/cross.toml
 TARGETS = aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf aarch64-unknown-linux-musl
 DESTDIR ?=
 
-.PHONY: model test-deps build test run bench lint clean-model dist deb install cross $(addprefix cross-,$(TARGETS))
+.PHONY: model test-deps build test run bench lint clean-model dist deb install arm cross $(addprefix cross-,$(TARGETS))
 
 model:
 	models/prepare.sh
@@ -56,6 +56,12 @@ install:
 	install -d $(DESTDIR)/usr/share/edgellm/models/minilm
 	install -m644 models/minilm/manifest.json models/minilm/tokenizer.json models/minilm/model.onnx $(DESTDIR)/usr/share/edgellm/models/minilm/
 	sed -i 's#/usr/bin/edgellm#$(PREFIX)/bin/edgellm#g' $(DESTDIR)/etc/systemd/system/edgellm.service
+
+# ARM as CI checks it, without Docker: aarch64 and armv7 cross builds with Debian's Rust, the
+# unit tests and the tiny model's golden tokens under QEMU, clippy, the real model's answer
+# under QEMU, a .deb for arm64 and armhf (tools/arm.sh; `tools/arm.sh aarch64` for one).
+arm: model
+	tools/arm.sh
 
 # ARM builds with `cross` (needs Docker or Podman): make cross-aarch64-unknown-linux-gnu
 cross: $(addprefix cross-,$(TARGETS))

@@ -4,13 +4,14 @@
 //! rows: its extractor unpacks the panel to f32 in a scratch buffer, then the 32x1 f32 kernel
 //! reads it back. On a decode step these products are three quarters of the time.
 //! [`accelerate_q4_matvecs`] wraps each in [`Q4MatVec`], which hands tract's own packed panels
-//! and packed activations to [`edgellm_kernels::q4::product`] (one column with AVX2 or
-//! AVX-512, several with AVX-512, shared out over the `SpinTeam`). Anything else goes to the
-//! wrapped tract op unchanged, and so does everything on other CPUs (aarch64 included: it has
-//! no kernel yet). The weights are not copied.
+//! and packed activations to [`edgellm_kernels::q4::product`] (one column with AVX2, AVX-512
+//! or NEON, several with AVX-512 or NEON, shared out over the `SpinTeam`). Anything else goes
+//! to the wrapped tract op unchanged, and so does everything on other CPUs (armv7, or x86_64
+//! without AVX2). tract packs the panels with the scales first on x86_64 and last on aarch64
+//! (`scales_at_end`); the wrap takes either. The weights are not copied.
 
 use edgellm_kernels::Isa;
-use edgellm_kernels::q4::{BLOCK, Columns, Outputs, PANEL_BLOCK_BYTES, PANEL_ROWS, product};
+use edgellm_kernels::q4::{BLOCK, Columns, Outputs, PANEL_BLOCK_BYTES, PANEL_ROWS, Scales, product};
 use edgellm_kernels::spin_team;
 use tract_linalg::block_quant::{PackedBlockQuantFormat, Q4_0};
 use tract_linalg::mmm::{EagerPackedInput, PackedMatrixStorage};
@@ -33,6 +34,7 @@ pub(super) fn accelerate_q4_matvecs(model: &mut TypedModel) -> usize {
 pub(super) struct Q4MatVec {
     inner: OptMatMul,
     weight: EagerPackedInput,
+    scales: Scales,
     b_input: usize,
     m: usize,
     k: usize,
@@ -52,18 +54,19 @@ impl Q4MatVec {
         }
         let weight = a.downcast_ref::<EagerPackedInput>()?;
         let format = weight.fact.format.downcast_ref::<PackedBlockQuantFormat>()?;
-        let expected = PackedBlockQuantFormat::new(&Q4_0, PANEL_ROWS, 16, false);
+        let scales = [Scales::First, Scales::Last]
+            .into_iter()
+            .find(|s| *format == PackedBlockQuantFormat::new(&Q4_0, PANEL_ROWS, 16, s.at_end()))?;
         let (m, k) = (weight.mn, weight.fact.k);
         let panels = m.div_ceil(PANEL_ROWS);
-        if *format != expected
-            || m == 0
+        if m == 0
             || k % BLOCK != 0
             || weight.panel_bytes != k / BLOCK * PANEL_BLOCK_BYTES
             || weight.packed.len() < panels * weight.panel_bytes
         {
             return None;
         }
-        Some(Q4MatVec { inner: op.clone(), weight: weight.clone(), b_input: *b_input, m, k })
+        Some(Q4MatVec { inner: op.clone(), weight: weight.clone(), scales, b_input: *b_input, m, k })
     }
 
     /// The activations in place, if `b` holds one f32 matrix packed by tract (panels of `r`
@@ -121,7 +124,7 @@ impl EvalOp for Q4MatVec {
                 stride_of(self.inner.c_m_axis),
                 stride_of(self.inner.c_n_axis),
             );
-            product(panels, &columns, &outputs, team.as_deref(), Isa::current());
+            product(panels, self.scales, &columns, &outputs, team.as_deref(), Isa::current());
             return Ok(tvec!(c.into_tvalue()));
         }
         self.inner.eval(ctx, inputs)
@@ -167,16 +170,19 @@ mod tests {
     use edgellm_kernels::q4::layout;
     use tract_linalg::block_quant::BlockQuant;
 
-    /// The kernels read tract's packing as `layout::pack` writes it: the two agree byte for
-    /// byte on this architecture, padding rows included. (The wrap refuses any other format.)
+    /// The kernels read tract's packing as `layout::pack` writes it, with the scales first
+    /// (x86_64's f32 kernels) or last (aarch64's): the two agree byte for byte on real rows.
+    /// (The wrap refuses any other format.)
     #[test]
     fn tract_packs_q4_0_as_the_kernels_read_it() -> TractResult<()> {
-        for (m, k) in [(64, 64), (40, 128), (96, 576)] {
+        for ((m, k), placement) in
+            [(64, 64), (40, 128), (96, 576)].into_iter().flat_map(|mk| [Scales::First, Scales::Last].map(|s| (mk, s)))
+        {
             let (ggml, _) = layout::example(m, k, 7);
-            let packed = Q4_0.pack(&ggml, k, PANEL_ROWS, 16, false)?;
+            let packed = Q4_0.pack(&ggml, k, PANEL_ROWS, 16, placement.at_end())?;
             let panels = m.div_ceil(PANEL_ROWS);
             assert_eq!(packed.panel_bytes, k / BLOCK * PANEL_BLOCK_BYTES);
-            let ours = layout::pack(&ggml, m, k);
+            let ours = layout::pack(&ggml, m, k, placement);
             let theirs = &packed.packed[..panels * packed.panel_bytes];
             // tract's padding rows may hold anything: compare the scales and nibbles of real rows.
             for (p, (a, b)) in
@@ -184,20 +190,21 @@ mod tests {
             {
                 let rows = PANEL_ROWS.min(m - p * PANEL_ROWS);
                 if rows == PANEL_ROWS {
-                    assert_eq!(a, b, "{m}x{k} panel {p}");
+                    assert_eq!(a, b, "{placement:?} {m}x{k} panel {p}");
                     continue;
                 }
                 for (blk, (a, b)) in
                     a.chunks_exact(PANEL_BLOCK_BYTES).zip(b.chunks_exact(PANEL_BLOCK_BYTES)).enumerate()
                 {
-                    assert_eq!(a[..2 * rows], b[..2 * rows], "{m}x{k} panel {p} block {blk} scales");
+                    let ((a_scales, a), (b_scales, b)) = (placement.split(a), placement.split(b));
+                    assert_eq!(a_scales[..2 * rows], b_scales[..2 * rows], "{m}x{k} panel {p} block {blk} scales");
                     for pos in 0..BLOCK {
                         for r in 0..rows {
-                            let (slot, shift) = (PANEL_ROWS * 2 + pos * 16 + r % 16, if r < 16 { 0 } else { 4 });
+                            let (slot, shift) = (pos * 16 + r % 16, if r < 16 { 0 } else { 4 });
                             assert_eq!(
                                 (a[slot] >> shift) & 15,
                                 (b[slot] >> shift) & 15,
-                                "{m}x{k} p{p} b{blk} pos {pos} row {r}"
+                                "{placement:?} {m}x{k} p{p} b{blk} pos {pos} row {r}"
                             );
                         }
                     }

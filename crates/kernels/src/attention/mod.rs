@@ -6,10 +6,12 @@
 //! passes tract's own row kernels, so the result is the one tract's softmax gives).
 //!
 //! Paths: [`Head::run_reference`] (plain loops, every CPU), `x86` (AVX-512, head sizes that
-//! are multiples of 16).
+//! are multiples of 16), `aarch64` (NEON, head sizes that are multiples of 4).
 
 use crate::Isa;
 
+#[cfg(target_arch = "aarch64")]
+mod aarch64;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
@@ -54,6 +56,11 @@ impl Head<'_> {
         if self.dim.is_multiple_of(16) && isa.fused_attention() {
             // SAFETY: the CPU runs AVX-512 (checked above) and the head size is a multiple of 16.
             return unsafe { x86::head_avx512(self, softmax, scratch, out) };
+        }
+        #[cfg(target_arch = "aarch64")]
+        if self.dim.is_multiple_of(4) && isa.fused_attention() {
+            // SAFETY: every aarch64 CPU has NEON, and the head size is a multiple of 4.
+            return unsafe { aarch64::head_neon(self, softmax, scratch, out) };
         }
         self.run_reference(softmax, scratch, out)
     }
@@ -115,9 +122,15 @@ mod tests {
     /// causal mask, and a scratch reused across heads that share keys and heads that do not.
     #[test]
     fn every_path_equals_the_f64_formula() {
-        let paths: Vec<Isa> =
-            [Isa::Scalar, Isa::Avx512, Isa::Neon].into_iter().filter(|isa| Isa::detected().runs(*isa)).collect();
-        for (rows, keys, dim) in [(1, 1, 16), (1, 37, 64), (7, 37, 64), (4, 130, 80), (5, 17, 24), (64, 96, 64)] {
+        let paths: Vec<Isa> = [Isa::Scalar, Isa::Avx512, Isa::Neon, Isa::NeonDotprod]
+            .into_iter()
+            .filter(|isa| Isa::detected().runs(*isa))
+            .collect();
+        #[cfg(target_arch = "aarch64")]
+        assert!(paths.contains(&Isa::Neon), "every aarch64 CPU runs NEON");
+        for (rows, keys, dim) in
+            [(1, 1, 16), (1, 37, 64), (7, 37, 64), (4, 130, 80), (5, 17, 24), (3, 5, 12), (6, 9, 6), (64, 96, 64)]
+        {
             let (q, k, v) = (values(rows * dim, 1.0), values(keys * dim, 2.0), values(keys * dim, 3.0));
             // Causal: row r sees the keys up to keys - rows + r.
             let mask: Vec<f32> = (0..rows * keys)

@@ -1,23 +1,30 @@
 //! The packed panel layout the kernels read, written from GGML's Q4_0 blocks: what tract's
-//! `Q4_0.pack(.., 32 rows, zip 16)` produces on x86_64 (checked by the engine's tests), and
-//! what the kernels' tests use without tract.
+//! `Q4_0.pack(.., 32 rows, zip 16, scales_at_end)` produces (checked by the engine's tests;
+//! tract's f32 kernels want the scales first on x86_64, last on aarch64), and what the
+//! kernels' tests use without tract.
 
-use super::{BLOCK, PANEL_BLOCK_BYTES, PANEL_ROWS};
+use super::{BLOCK, PANEL_BLOCK_BYTES, PANEL_ROWS, Scales};
 
 /// Bytes of one GGML Q4_0 block: an f16 scale, then 16 bytes whose low nibbles are values
 /// 0..16 and high nibbles values 16..32.
 pub const GGML_BLOCK_BYTES: usize = 2 + BLOCK / 2;
 
-/// Packs an `m x k` matrix of GGML Q4_0 blocks (row after row) into panels of 32 rows; rows
-/// past `m` in the last panel are zero.
-pub fn pack(ggml: &[u8], m: usize, k: usize) -> Vec<u8> {
+/// Packs an `m x k` matrix of GGML Q4_0 blocks (row after row) into panels of 32 rows, each
+/// block's scales placed as `placement` says; rows past `m` in the last panel are zero.
+pub fn pack(ggml: &[u8], m: usize, k: usize, placement: Scales) -> Vec<u8> {
     assert!(k.is_multiple_of(BLOCK) && ggml.len() == m * k / BLOCK * GGML_BLOCK_BYTES);
     let blocks = k / BLOCK;
     let panels = m.div_ceil(PANEL_ROWS);
     let mut packed = vec![0u8; panels * blocks * PANEL_BLOCK_BYTES];
     for (p, panel) in packed.chunks_exact_mut(blocks * PANEL_BLOCK_BYTES).enumerate() {
         for (blk, out) in panel.chunks_exact_mut(PANEL_BLOCK_BYTES).enumerate() {
-            let (scales, nibbles) = out.split_at_mut(PANEL_ROWS * 2);
+            let (scales, nibbles) = match placement {
+                Scales::First => out.split_at_mut(PANEL_ROWS * 2),
+                Scales::Last => {
+                    let (nibbles, scales) = out.split_at_mut(BLOCK * PANEL_ROWS / 2);
+                    (scales, nibbles)
+                }
+            };
             for r in 0..PANEL_ROWS.min(m - p * PANEL_ROWS) {
                 let row = p * PANEL_ROWS + r;
                 let block = &ggml[(row * blocks + blk) * GGML_BLOCK_BYTES..][..GGML_BLOCK_BYTES];

@@ -2,18 +2,23 @@
 //! decode step) or several (a prompt chunk), multiplying as it unpacks.
 //!
 //! The packed panel (`Q4_0` for 32 rows, nibbles zipped by 16) holds, for each block of 32
-//! values along k: the 32 rows' f16 scales, then for each of the 32 positions 16 bytes whose
+//! values along k: the 32 rows' f16 scales, and for each of the 32 positions 16 bytes whose
 //! low nibbles are rows 0..16 and high nibbles rows 16..32, each value `(nibble - 8) * scale`.
-//! [`layout::pack`] writes it from GGML blocks; the engine checks tract packs the same.
+//! tract puts the scales before the nibbles on x86_64 and after them on aarch64 (its
+//! `scales_at_end`, [`Scales`]); the kernels read either. [`layout::pack`] writes both from
+//! GGML blocks; the engine checks that tract packs the same.
 //!
 //! Paths: [`reference`] (value by value, every CPU), `x86` (AVX2 for one column, AVX-512 for
-//! one or several). [`product`] dispatches on the [`Isa`] it is given.
+//! one or several), `aarch64` (NEON for one or several). [`product`] dispatches on the
+//! [`Isa`] it is given.
 
 use std::borrow::Cow;
 
 use crate::Isa;
 use crate::spin_team::SpinTeam;
 
+#[cfg(target_arch = "aarch64")]
+mod aarch64;
 pub mod layout;
 pub mod reference;
 #[cfg(target_arch = "x86_64")]
@@ -24,6 +29,34 @@ pub const PANEL_ROWS: usize = 32;
 pub const BLOCK: usize = 32;
 /// Bytes of one block of one panel: 32 f16 scales, then 32 positions of 16 bytes.
 pub const PANEL_BLOCK_BYTES: usize = PANEL_ROWS * 2 + BLOCK * PANEL_ROWS / 2;
+
+/// Where each block of a panel keeps its 32 f16 scales: before its nibbles or after them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Scales {
+    /// Scales, then nibbles: tract's packing for the f32 kernels on x86_64.
+    First,
+    /// Nibbles, then scales: tract's packing for the f32 kernels on aarch64 (`scales_at_end`).
+    Last,
+}
+
+impl Scales {
+    /// tract's `scales_at_end` flag for this placement.
+    pub fn at_end(self) -> bool {
+        self == Scales::Last
+    }
+
+    /// One panel block (`PANEL_BLOCK_BYTES`) as its scales (64 bytes) and nibbles (512 bytes).
+    #[inline(always)]
+    pub fn split(self, block: &[u8]) -> (&[u8], &[u8]) {
+        match self {
+            Scales::First => block.split_at(PANEL_ROWS * 2),
+            Scales::Last => {
+                let (nibbles, scales) = block.split_at(BLOCK * PANEL_ROWS / 2);
+                (scales, nibbles)
+            }
+        }
+    }
+}
 
 /// `n` columns of `k` activations (one per token) laid out as tract packs them: panels of `r`
 /// columns, each `k` steps of `r` floats, `panel_floats` apart. Read where they are, since a
@@ -169,7 +202,7 @@ const PARALLEL_MIN_MACS: usize = 1 << 16;
 /// `W x` for the `n` columns into `outputs`, over whole panels, shared out over `team` when
 /// there is one and the product is large enough, with the kernels of `isa` (which the CPU
 /// must run: `Isa::current()` or lower).
-pub fn product(panels: &[u8], columns: &Columns, outputs: &Outputs, team: Option<&SpinTeam>, isa: Isa) {
+pub fn product(panels: &[u8], scales: Scales, columns: &Columns, outputs: &Outputs, team: Option<&SpinTeam>, isa: Isa) {
     assert!(Isa::detected().runs(isa), "{isa:?} is not a path this CPU runs");
     let (n, k) = (columns.n, columns.k);
     let panel_bytes = k / BLOCK * PANEL_BLOCK_BYTES;
@@ -186,10 +219,14 @@ pub fn product(panels: &[u8], columns: &Columns, outputs: &Outputs, team: Option
             let panel = &panels[p * panel_bytes..][..panel_bytes];
             match several {
                 // SAFETY: `several` means the CPU has AVX-512 (checked); the slices have the
-                // kernel's sizes.
+                // kernel's sizes (asserted inside).
                 #[cfg(target_arch = "x86_64")]
-                true => unsafe { x86::panel_columns_avx512(panel, columns, &block_sums, &mut out) },
-                _ => product_panel(panel, k, &rows, &block_sums, &mut out, isa),
+                true => unsafe { x86::panel_columns_avx512(panel, scales, columns, &block_sums, &mut out) },
+                // SAFETY: every aarch64 CPU has NEON; the slices have the kernel's sizes
+                // (asserted inside).
+                #[cfg(target_arch = "aarch64")]
+                true => unsafe { aarch64::panel_columns_neon(panel, scales, columns, &block_sums, &mut out) },
+                _ => product_panel(panel, scales, k, &rows, &block_sums, &mut out, isa),
             }
             // SAFETY: each panel is stored by the one part that holds it.
             unsafe { outputs.store_panel(p, &out) };
@@ -205,7 +242,7 @@ pub fn product(panels: &[u8], columns: &Columns, outputs: &Outputs, team: Option
 }
 
 /// One panel times `n` columns given as rows of `k` (`xs`): `out` gets `n` rows of 32.
-fn product_panel(panel: &[u8], k: usize, xs: &[f32], block_sums: &[f32], out: &mut [f32], isa: Isa) {
+fn product_panel(panel: &[u8], scales: Scales, k: usize, xs: &[f32], block_sums: &[f32], out: &mut [f32], isa: Isa) {
     let blocks = k / BLOCK;
     for ((x, sums), out) in
         xs.chunks_exact(k).zip(block_sums.chunks_exact(blocks)).zip(out.chunks_exact_mut(PANEL_ROWS))
@@ -214,11 +251,14 @@ fn product_panel(panel: &[u8], k: usize, xs: &[f32], block_sums: &[f32], out: &m
             // SAFETY: `product` checked that the CPU runs `isa`; the slices have the kernel's
             // sizes (asserted inside).
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => unsafe { x86::panel_avx512(panel, x, sums, out) },
+            Isa::Avx512 => unsafe { x86::panel_avx512(panel, scales, x, sums, out) },
             // SAFETY: as above.
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { x86::panel_avx2(panel, x, sums, out) },
-            _ => reference::panel(panel, x, sums, out),
+            Isa::Avx2 => unsafe { x86::panel_avx2(panel, scales, x, sums, out) },
+            // SAFETY: every aarch64 CPU has NEON; the sizes are asserted inside.
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon | Isa::NeonDotprod => unsafe { aarch64::panel_neon(panel, scales, x, sums, out) },
+            _ => reference::panel(panel, scales, x, sums, out),
         }
     }
 }
@@ -231,18 +271,23 @@ mod tests {
 
     /// Every path this CPU runs, the scalar reference included, agrees with the product
     /// computed in f64 from the values the GGML blocks stand for (padding rows included), for
-    /// one column and several, given as rows or packed in panels of 16 as tract does (NaN in
-    /// the padding, which must not be read), into rows of m or transposed, on one thread and
-    /// split over two.
+    /// both placements of the scales, one column and several, given as rows or packed in
+    /// panels of 16 as tract does (NaN in the padding, which must not be read), into rows of m
+    /// or transposed, on one thread and split over two.
     #[test]
     fn every_path_equals_the_dequantized_product() {
         let team = SpinTeam::new(2).expect("threads");
         let paths: Vec<Isa> = EVERY_PATH.into_iter().filter(|isa| Isa::detected().runs(*isa)).collect();
         assert!(paths.contains(&Isa::Scalar));
-        for (m, k) in [(64, 64), (96, 576), (40, 128), (320, 576)] {
+        #[cfg(target_arch = "aarch64")]
+        assert!(paths.contains(&Isa::Neon), "every aarch64 CPU runs NEON");
+        for (m, k) in [(64, 64), (96, 576), (40, 128), (1, 32), (33, 96), (320, 576)] {
             let (ggml, values) = layout::example(m, k, (m * k) as u64);
-            let weights = layout::pack(&ggml, m, k);
-            assert_eq!(weights.len(), m.div_ceil(PANEL_ROWS) * k / BLOCK * PANEL_BLOCK_BYTES);
+            let packings =
+                [Scales::First, Scales::Last].map(|placement| (placement, layout::pack(&ggml, m, k, placement)));
+            for (_, weights) in &packings {
+                assert_eq!(weights.len(), m.div_ceil(PANEL_ROWS) * k / BLOCK * PANEL_BLOCK_BYTES);
+            }
             let x: Vec<f32> = (0..k).map(|i| ((i as f32) * 0.37).sin()).collect();
             let expected: Vec<f64> =
                 (0..m).map(|r| (0..k).map(|c| values[r * k + c] as f64 * x[c] as f64).sum()).collect();
@@ -260,20 +305,20 @@ mod tests {
                     ("rows", Columns::contiguous(&xs, n, k).expect("fits")),
                     ("packed", Columns::new(Cow::Borrowed(&packed_xs), n, k, r, k * r).expect("fits")),
                 ];
-                for isa in &paths {
+                for (isa, (placement, weights)) in paths.iter().flat_map(|isa| packings.iter().map(move |p| (isa, p))) {
                     for (layout, columns) in &layouts {
                         for (threads, team) in [("one thread", None), ("two threads", Some(&team))] {
                             for (stride_m, stride_n) in [(1, m), (n, 1)] {
                                 let mut out = vec![f32::NAN; m * n];
                                 let outputs = Outputs::new(&mut out, m, n, stride_m, stride_n);
-                                product(&weights, columns, &outputs, team, *isa);
+                                product(weights, *placement, columns, &outputs, team, *isa);
                                 for t in 0..n {
                                     for (row, expected) in expected.iter().enumerate() {
                                         let got = out[t * stride_n + row * stride_m] as f64;
                                         let want = expected * (t + 1) as f64;
                                         assert!(
                                             (got - want).abs() < 1e-4 * (1.0 + want.abs()),
-                                            "{isa:?} {m}x{k}, {n} columns as {layout}, {threads}, stride_m {stride_m}: {got} vs {want}"
+                                            "{isa:?} {placement:?} {m}x{k}, {n} columns as {layout}, {threads}, stride_m {stride_m}: {got} vs {want}"
                                         );
                                     }
                                 }

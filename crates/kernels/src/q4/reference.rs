@@ -1,14 +1,15 @@
-//! The scalar reference of the 4-bit panel product, which every SIMD path is tested against.
+//! The scalar reference of the 4-bit panel product, which every SIMD path is tested against,
+//! for either placement of the scales.
 
 use half::f16;
 
-use super::{BLOCK, PANEL_BLOCK_BYTES, PANEL_ROWS};
+use super::{BLOCK, PANEL_BLOCK_BYTES, PANEL_ROWS, Scales};
 
 /// The reference: one panel, value by value.
-pub fn panel(panel: &[u8], x: &[f32], block_sums: &[f32], rows: &mut [f32]) {
+pub fn panel(panel: &[u8], placement: Scales, x: &[f32], block_sums: &[f32], rows: &mut [f32]) {
     rows.fill(0.0);
     for (blk, (bytes, xs)) in panel.chunks_exact(PANEL_BLOCK_BYTES).zip(x.chunks_exact(BLOCK)).enumerate() {
-        let (scales, nibbles) = bytes.split_at(PANEL_ROWS * 2);
+        let (scales, nibbles) = placement.split(bytes);
         let mut acc = [0f32; PANEL_ROWS];
         for (pos, &xv) in xs.iter().enumerate() {
             for (j, &byte) in nibbles[pos * 16..][..16].iter().enumerate() {

@@ -1,6 +1,6 @@
 //! x86_64 kernels of the 4-bit panel product: AVX2 (one column) and AVX-512 (one or several).
 
-use super::{BLOCK, Columns, PANEL_BLOCK_BYTES, PANEL_ROWS};
+use super::{BLOCK, Columns, PANEL_BLOCK_BYTES, PANEL_ROWS, Scales};
 use std::arch::x86_64::*;
 
 /// [`panel_avx2`] with sixteen rows per register: per position, 16 bytes widen to
@@ -10,12 +10,12 @@ use std::arch::x86_64::*;
 /// # Safety
 /// The CPU has AVX-512F; `panel` holds `x.len() / 32` blocks, `rows` 32 floats.
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn panel_avx512(panel: &[u8], x: &[f32], block_sums: &[f32], rows: &mut [f32]) {
+pub(super) unsafe fn panel_avx512(panel: &[u8], placement: Scales, x: &[f32], block_sums: &[f32], rows: &mut [f32]) {
     assert!(panel.len() == x.len() / BLOCK * PANEL_BLOCK_BYTES && rows.len() == PANEL_ROWS);
     let low = _mm512_set1_epi32(0x0f);
     let (mut out_lo, mut out_hi) = (_mm512_setzero_ps(), _mm512_setzero_ps());
     for ((bytes, xs), &block_sum) in panel.chunks_exact(PANEL_BLOCK_BYTES).zip(x.chunks_exact(BLOCK)).zip(block_sums) {
-        let (scales, nibbles) = bytes.split_at(PANEL_ROWS * 2);
+        let (scales, nibbles) = placement.split(bytes);
         let mut acc = [_mm512_setzero_ps(); 4];
         for (pair, xs) in nibbles.chunks_exact(32).zip(xs.chunks_exact(2)) {
             // SAFETY: `pair` is 32 bytes long.
@@ -58,7 +58,13 @@ pub(super) unsafe fn panel_avx512(panel: &[u8], x: &[f32], block_sums: &[f32], r
 /// # Safety
 /// The CPU has AVX-512F; the slices have the sizes above.
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn panel_columns_avx512(panel: &[u8], columns: &Columns, block_sums: &[f32], rows: &mut [f32]) {
+pub(super) unsafe fn panel_columns_avx512(
+    panel: &[u8],
+    placement: Scales,
+    columns: &Columns,
+    block_sums: &[f32],
+    rows: &mut [f32],
+) {
     let (n, k) = (columns.n, columns.k);
     let blocks = k / BLOCK;
     assert!(panel.len() == blocks * PANEL_BLOCK_BYTES && block_sums.len() == n * blocks);
@@ -68,7 +74,7 @@ pub(super) unsafe fn panel_columns_avx512(panel: &[u8], columns: &Columns, block
     rows.fill(0.0);
     let mut weights = [_mm512_setzero_ps(); 2 * BLOCK];
     for (blk, bytes) in panel.chunks_exact(PANEL_BLOCK_BYTES).enumerate() {
-        let (scales, nibbles) = bytes.split_at(PANEL_ROWS * 2);
+        let (scales, nibbles) = placement.split(bytes);
         for (pos, bytes) in nibbles.chunks_exact(16).enumerate() {
             // SAFETY: `bytes` is 16 bytes long.
             let v = _mm512_cvtepu8_epi32(unsafe { _mm_loadu_si128(bytes.as_ptr() as *const __m128i) });
@@ -156,12 +162,12 @@ impl Block<'_> {
 /// # Safety
 /// The CPU has AVX2, FMA and F16C; `panel` holds `x.len() / 32` blocks, `rows` 32 floats.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn panel_avx2(panel: &[u8], x: &[f32], block_sums: &[f32], rows: &mut [f32]) {
+pub(super) unsafe fn panel_avx2(panel: &[u8], placement: Scales, x: &[f32], block_sums: &[f32], rows: &mut [f32]) {
     assert!(panel.len() == x.len() / BLOCK * PANEL_BLOCK_BYTES && rows.len() == PANEL_ROWS);
     let low = _mm256_set1_epi32(0x0f);
     let mut out = [_mm256_setzero_ps(); 4];
     for ((bytes, xs), &block_sum) in panel.chunks_exact(PANEL_BLOCK_BYTES).zip(x.chunks_exact(BLOCK)).zip(block_sums) {
-        let (scales, nibbles) = bytes.split_at(PANEL_ROWS * 2);
+        let (scales, nibbles) = placement.split(bytes);
         let mut acc = [_mm256_setzero_ps(); 4];
         for (pos, xv) in nibbles.chunks_exact(16).zip(xs) {
             // Bytes 0..8 hold rows 0..8 (low nibbles) and 16..24 (high), bytes 8..16 the rest;

@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# The ARM stage of CI (`make arm`, called by .ci/run): cross builds for aarch64 and armv7 with
+# Debian's Rust (tools/arm-deps.sh installs it), the unit tests and the tiny model's golden
+# tokens under user-mode QEMU, clippy for both targets, the real model answering one prompt
+# under QEMU on aarch64, and a .deb for arm64 and armhf, checked for its architecture and
+# contents.
+#
+# aarch64 runs under two CPUs: QEMU's default (`max`: NEON with dotprod, SVE and fp16) and
+# `QEMU_CPU=cortex-a72` (plain NEON, a Raspberry Pi 4). armv7 has no kernels of ours: tract's.
+#
+# Builds use the `arm-ci` profile (Cargo.toml: opt-level 1, tract's and our kernels at 3) in
+# their own target dirs outside the clone (EDGELLM_ARM_TARGET_DIR, default
+# $EDGELLM_CACHE/armtarget, and the same with -armv7), with Debian's cargo home
+# (EDGELLM_ARM_CARGO_HOME). Stages:
+#   tools/arm.sh [aarch64] [armv7]      (default: both)
+# Environment: ARM_SKIP_REAL=1 skips the real model's answer (about two minutes under QEMU).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+cache="${EDGELLM_CACHE:-$HOME/.cache/edgellm}"
+profile=arm-ci
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || targets=(aarch64 armv7)
+
+say() { echo "[arm] $*"; }
+started=$SECONDS
+timed() { # label command...
+  local t0=$SECONDS
+  "${@:2}"
+  say "$1: $((SECONDS - t0)) s"
+}
+
+tools/arm-deps.sh
+
+# Debian's toolchain, not rustup's: its standard libraries are the ones installed for arm64
+# and armhf. No `-L` for qemu-aarch64: with it, QEMU pairs the cross package's loader with
+# the arm64 libc that multiarch installs, and the first thread start loops forever.
+export PATH="/usr/bin:$PATH" RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc CARGO=/usr/bin/cargo
+export CARGO_HOME="${EDGELLM_ARM_CARGO_HOME:-$cache/armcargo}"
+# One target dir per target, so that the two can be built at once (cargo locks a target dir).
+target_root="${EDGELLM_ARM_TARGET_DIR:-$cache/armtarget}"
+export CARGO_TERM_COLOR=never
+unset RUSTFLAGS CARGO_BUILD_TARGET
+export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER=qemu-aarch64-static
+export CC_armv7_unknown_linux_gnueabihf=arm-linux-gnueabihf-gcc AR_armv7_unknown_linux_gnueabihf=arm-linux-gnueabihf-ar
+export CARGO_TARGET_ARMV7_UNKNOWN_LINUX_GNUEABIHF_LINKER=arm-linux-gnueabihf-gcc
+export CARGO_TARGET_ARMV7_UNKNOWN_LINUX_GNUEABIHF_RUNNER="qemu-arm-static -L /usr/arm-linux-gnueabihf"
+# armhf's standard library: from apt when it could be installed, else the unpacked sysroot.
+if [ -f "$cache/armhf-sysroot/.version" ] && ! dpkg-query -W libstd-rust-web-dev:armhf >/dev/null 2>&1; then
+  export CARGO_TARGET_ARMV7_UNKNOWN_LINUX_GNUEABIHF_RUSTFLAGS="--sysroot $cache/armhf-sysroot/usr"
+fi
+# cargo-deb is a cargo subcommand installed by tools/test-deps.sh (rustup's cargo home).
+export PATH="$PATH:$HOME/.cargo/bin"
+cargo="/usr/bin/cargo"
+say "$($RUSTC --version), target dirs under $target_root"
+
+# The real model (make model) for the one-prompt check; the tiny one is committed.
+real_model="$root/models/smollm2"
+
+# `cargo deb` on the cross build, then the checks: architecture, binary for that machine,
+# units, config and model.
+check_deb() { # triple debian-arch elf-machine
+  local triple=$1 arch=$2 machine=$3 out deb
+  out=$(mktemp -d)
+  deb="$out/edgellm_$arch.deb"
+  if [ ! -f "$real_model/model.onnx" ]; then
+    say "no prepared model in $real_model (make model): the .deb is not built"
+    return 1
+  fi
+  $cargo deb --no-build --target "$triple" --profile "$profile" --fast --output "$deb" >/dev/null
+  local got
+  got=$(dpkg-deb -f "$deb" Architecture)
+  [ "$got" = "$arch" ] || { say "$deb: Architecture is $got, not $arch"; return 1; }
+  local listing
+  listing=$(dpkg-deb -c "$deb")
+  for path in ./usr/bin/edgellm ./etc/edgellm/edgellm.toml ./usr/lib/systemd/system/edgellm.service \
+    ./usr/lib/systemd/system/edgellm.socket ./usr/share/edgellm/models/smollm2/model.onnx \
+    ./usr/share/edgellm/models/smollm2/tokenizer.json ./usr/share/edgellm/models/minilm/model.onnx; do
+    grep -q " $path\$" <<<"$listing" || { say "$deb lacks $path"; return 1; }
+  done
+  # ELF e_machine (bytes 18-19, little-endian) of the packaged binary.
+  local elf
+  elf=$(dpkg-deb --fsys-tarfile "$deb" | tar -xO ./usr/bin/edgellm | head -c 20 | od -An -tu2 -j18 | tr -d ' ')
+  [ "$elf" = "$machine" ] || { say "$deb: usr/bin/edgellm is ELF machine $elf, not $machine"; return 1; }
+  say "$deb: Architecture $arch, ELF machine $machine, binary, units, config and models present"
+  rm -rf "$out"
+}
+
+aarch64() {
+  local t=aarch64-unknown-linux-gnu
+  export CARGO_TARGET_DIR="$target_root"
+  timed "aarch64 clippy" nice -n 10 $cargo clippy --profile $profile --locked --target $t --workspace --all-targets -- -D warnings
+  timed "aarch64 build" nice -n 10 $cargo build --profile $profile --locked --target $t --workspace --bins
+  for cpu in max cortex-a72; do
+    say "aarch64 unit tests and the tiny model's golden tokens, QEMU_CPU=$cpu"
+    QEMU_CPU=$cpu timed "aarch64 tests ($cpu)" nice -n 10 \
+      $cargo test --profile $profile --locked --target $t --workspace --lib --bins --test tiny
+  done
+  say "the tiny model on tract's own kernels (EDGELLM_ISA=scalar)"
+  EDGELLM_ISA=scalar timed "aarch64 tiny (scalar)" nice -n 10 \
+    $cargo test --profile $profile --locked --target $t --test tiny
+  if [ "${ARM_SKIP_REAL:-}" != 1 ] && [ -f "$real_model/model.onnx" ]; then
+    say "the real model under QEMU: What is the capital of France?"
+    local answer log
+    log=$(mktemp)
+    answer=$(RUST_LOG=edgellm_engine=debug timed "aarch64 real model" qemu-aarch64-static \
+      "$CARGO_TARGET_DIR/$t/$profile/edgellm" generate --model-dir "$real_model" --max-tokens 24 --stats \
+      "What is the capital of France?" 2>"$log") || { cat "$log"; return 1; }
+    say "answer: $answer"
+    grep -E "q4_matvecs|tok/s|tokens" "$log" | sed 's/^/[arm]   /' || true
+    # tract must have packed the 4-bit weights as our NEON kernels read them.
+    grep -qE "q4_matvecs=[1-9]" "$log" || { say "no 4-bit product took the NEON kernels"; return 1; }
+    grep -q Paris <<<"$answer" || { say "the answer does not name Paris"; return 1; }
+    rm -f "$log"
+  fi
+  timed "arm64 .deb" check_deb $t arm64 183
+}
+
+armv7() {
+  local t=armv7-unknown-linux-gnueabihf
+  export CARGO_TARGET_DIR="$target_root-armv7"
+  timed "armv7 clippy" nice -n 10 $cargo clippy --profile $profile --locked --target $t --workspace --all-targets -- -D warnings
+  timed "armv7 build" nice -n 10 $cargo build --profile $profile --locked --target $t --workspace --bins
+  timed "armv7 tests" nice -n 10 $cargo test --profile $profile --locked --target $t --workspace --lib --bins --test tiny
+  timed "armhf .deb" check_deb $t armhf 40
+}
+
+for target in "${targets[@]}"; do
+  case "$target" in
+    aarch64) aarch64 ;;
+    armv7) armv7 ;;
+    *) say "unknown target $target (aarch64, armv7)"; exit 2 ;;
+  esac
+done
+say "done in $((SECONDS - started)) s"
