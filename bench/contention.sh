@@ -81,7 +81,7 @@ for round in $(seq 1 "$rounds"); do
       fi
     done
     stop_competitors
-    echo "round $round, $load busy: done ($(cut -d' ' -f4,5 <<<"$(uptime)" | tr -d ,) load)" >&2
+    echo "round $round, $load busy: done (load average $(uptime | sed 's/.*average: //'))" >&2
   done
 done
 echo "after:  $(uptime)"

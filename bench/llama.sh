@@ -28,8 +28,10 @@ if [ ! -x "$build/bin/llama-bench" ] || [ ! -x "$build/bin/llama-quantize" ]; th
   mkdir -p "$home"
   if [ ! -f "$src/.complete" ]; then
     say "fetching the llama-cpp-python $version sdist"
+    # Only this package from source: its build requirements (cmake, ninja) from source would
+    # take longer than llama.cpp itself.
     tmp=$(mktemp -d)
-    "$python" -m pip download --quiet --no-deps --no-binary :all: -d "$tmp" "llama-cpp-python==$version"
+    "$python" -m pip download --quiet --no-deps --no-binary llama-cpp-python -d "$tmp" "llama-cpp-python==$version"
     rm -rf "$src"
     mkdir -p "$src"
     tar -xzf "$tmp"/*.tar.gz -C "$src" --strip-components=1
