@@ -73,6 +73,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let config = cli::load_config(config.as_deref()).map_err(bad_config)?;
             config.check_model_files().map_err(bad_config)?;
             config.check_service_files().map_err(bad_config)?;
+            for problem in config.check_optional_files() {
+                eprintln!("edgellm: warning: {problem} (the daemon would run degraded without it)");
+            }
             print!("{}", config.to_display_toml());
             println!();
             print!("{}", cli::MemoryBudget::estimate(&config).render());

@@ -598,7 +598,6 @@ fn check_config_and_serve_refuse_missing_files_with_their_path() {
     let missing_str = missing.display().to_string();
     let cases = [
         ("model.dir", format!("[model]\ndir = \"{missing_str}\"\n")),
-        ("grounding.knowledge_dir", format!("[grounding]\nknowledge_dir = \"{missing_str}\"\n")),
         (
             "mqtt.password_file",
             format!("[mqtt]\nenabled = true\nusername = \"u\"\npassword_file = \"{missing_str}\"\n"),
@@ -610,6 +609,10 @@ fn check_config_and_serve_refuse_missing_files_with_their_path() {
         assert_eq!(code, Some(3), "{key}: {stderr}");
         assert!(stderr.contains(key) && stderr.contains(&missing_str), "{key}: {stderr}");
     }
+    // A missing knowledge directory is not fatal (the daemon serves, degraded): a warning.
+    let (code, stderr) = run("check-config", &format!("[grounding]\nknowledge_dir = \"{missing_str}\"\n"));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("warning") && stderr.contains("grounding.knowledge_dir"), "{stderr}");
     // An embedding model directory that is missing, when dense retrieval will load it.
     let knowledge = dir.path().join("knowledge");
     std::fs::create_dir(&knowledge).unwrap();

@@ -523,13 +523,10 @@ impl Config {
         Ok(self)
     }
 
-    /// Every file `serve` opens besides the models: the knowledge directory, the MQTT password
-    /// file and TLS files. Checked before the model is loaded, so a typo fails at once (exit 3)
-    /// instead of after a load of many seconds.
+    /// Every file `serve` cannot run without besides the models: the MQTT password file and
+    /// TLS files. Checked before the model is loaded, so a typo fails at once (exit 3) instead
+    /// of after a load of many seconds.
     pub fn check_service_files(&self) -> Result<(), ConfigError> {
-        if let Some(dir) = &self.grounding.knowledge_dir {
-            must_open("grounding.knowledge_dir", dir)?;
-        }
         if !self.mqtt.enabled {
             return Ok(());
         }
@@ -596,6 +593,18 @@ impl Config {
             grounding: self.grounding.clone(),
             safety: self.safety.clone(),
         }
+    }
+
+    /// Files the daemon runs without, `degraded`, when they cannot be opened (the knowledge
+    /// directory): `check-config` warns about them.
+    pub fn check_optional_files(&self) -> Vec<ConfigError> {
+        let mut problems = Vec::new();
+        if let Some(dir) = &self.grounding.knowledge_dir
+            && let Err(e) = must_open("grounding.knowledge_dir", dir)
+        {
+            problems.push(e);
+        }
+        problems
     }
 
     /// Reads the MQTT password from wherever the config says it is.
