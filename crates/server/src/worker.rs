@@ -142,16 +142,12 @@ impl Worker {
     fn run(&mut self, queue: Receiver<Job>, control_rx: Receiver<Control>) {
         loop {
             self.metrics.worker_heartbeat.fetch_add(1, Relaxed);
-            while let Ok(Control::Reload(config)) = control_rx.try_recv() {
-                self.reload(*config);
-            }
+            self.apply_pending_reloads(&control_rx);
             match queue.recv_timeout(Duration::from_millis(200)) {
                 Ok(job) => {
                     // A reload sent before this job was admitted applies to it (the daemon
                     // sends the reload before the service admits under the new settings).
-                    while let Ok(Control::Reload(config)) = control_rx.try_recv() {
-                        self.reload(*config);
-                    }
+                    self.apply_pending_reloads(&control_rx);
                     self.metrics.queue_depth.fetch_sub(1, Relaxed);
                     self.metrics.worker_busy.store(true, Relaxed);
                     self.process(job);
@@ -171,6 +167,12 @@ impl Worker {
             self.fail(&job, Rejection::new(ErrorCode::ShuttingDown, "the daemon is shutting down"));
         }
         tracing::debug!("inference worker stopped");
+    }
+
+    fn apply_pending_reloads(&mut self, control_rx: &Receiver<Control>) {
+        while let Ok(Control::Reload(config)) = control_rx.try_recv() {
+            self.reload(*config);
+        }
     }
 
     fn reload(&mut self, config: Config) {
