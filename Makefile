@@ -48,6 +48,7 @@ install:
 	install -Dm755 $${CARGO_TARGET_DIR:-target}/release/edgellm $(DESTDIR)$(PREFIX)/bin/edgellm
 	install -Dm644 systemd/edgellm.service $(DESTDIR)/etc/systemd/system/edgellm.service
 	install -Dm644 systemd/edgellm.socket $(DESTDIR)/etc/systemd/system/edgellm.socket
+	install -Dm644 systemd/edgellm-http.socket $(DESTDIR)/etc/systemd/system/edgellm-http.socket
 	install -Dm644 systemd/edgellm.sysusers $(DESTDIR)/etc/sysusers.d/edgellm.conf
 	install -Dm644 systemd/edgellm.tmpfiles $(DESTDIR)/etc/tmpfiles.d/edgellm.conf
 	test -e $(DESTDIR)/etc/edgellm/edgellm.toml || install -Dm640 config/edgellm.toml $(DESTDIR)/etc/edgellm/edgellm.toml

@@ -195,6 +195,7 @@ pub fn generate(
         stream: true,
         admitted: Instant::now(),
         deadline: None,
+        conversation: None,
     };
     let mut sink = StdoutSink { out: std::io::stdout().lock() };
     let done = pipeline.answer(engine, request, &mut sink)?;

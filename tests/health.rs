@@ -170,16 +170,84 @@ fn sigterm_publishes_draining_then_offline() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "offline");
 }
 
+/// Retained messages on `topic` (a filter), as (topic, payload) pairs, read by a fresh
+/// mosquitto_sub: what Home Assistant finds when it subscribes.
+fn retained(port: u16, topic: &str, count: usize) -> Vec<(String, String)> {
+    let out = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", topic, "-v", "--retained-only"])
+        .args(["-C", &count.to_string(), "-W", "10"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(t, p)| (t.to_string(), p.to_string()))
+        .collect()
+}
+
+/// Renders a discovery template as Home Assistant would: the payload as `value_json`.
+fn render(template: &str, doc: &Value) -> String {
+    let env = minijinja::Environment::new();
+    env.render_str(template, minijinja::context! { value_json => minijinja::Value::from_serialize(doc) })
+        .unwrap_or_else(|e| panic!("{template}: {e}"))
+}
+
 #[test]
-fn home_assistant_discovery_when_enabled() {
+fn home_assistant_discovery_in_the_current_schema_read_back_retained() {
     let broker = Broker::start();
     let _daemon = Daemon::start(&config(&broker, "home_assistant = true\n"));
-    let discovery = Follow::new(broker.port, "homeassistant/sensor/+/+/config");
-    let line = discovery.until(Duration::from_secs(10), |l| l.contains("edgellm_dev1_rss"));
-    let config: Value = serde_json::from_str(&line).unwrap();
-    assert_eq!(config["state_topic"], "edgellm/dev1/health");
-    assert_eq!(config["availability_topic"], "edgellm/dev1/status");
-    assert_eq!(config["unit_of_measurement"], "MiB");
+    let status = Follow::new(broker.port, "edgellm/dev1/status");
+    status.until(Duration::from_secs(10), |l| l == "online");
+    let health = Follow::new(broker.port, "edgellm/dev1/health");
+    health.until(Duration::from_secs(10), |l| l.contains("\"state\":\"ready\""));
+    let configs = retained(broker.port, "homeassistant/sensor/+/+/config", 8);
+    assert_eq!(configs.len(), 8, "{configs:?}");
+    let (_, doc) = retained(broker.port, "edgellm/dev1/health", 1).pop().expect("a retained health document");
+    let doc: Value = serde_json::from_str(&doc).unwrap();
+    // No request yet: the figures that need samples are null.
+    assert!(doc["tokens_per_second"].is_null() && doc["latency_ms"]["time_to_first_token"].is_null(), "{doc}");
+    let mut keys = BTreeSet::new();
+    for (topic, payload) in &configs {
+        let config: Value = serde_json::from_str(payload).unwrap();
+        let unique_id = config["unique_id"].as_str().unwrap();
+        assert!(topic.starts_with("homeassistant/sensor/edgellm_dev1/"), "{topic}");
+        assert!(config.get("object_id").is_none(), "object_id is deprecated since 2025.10: {config}");
+        assert_eq!(config["default_entity_id"], format!("sensor.{unique_id}"), "{config}");
+        assert!(config.get("availability_topic").is_none(), "{config}");
+        let availability = config["availability"].as_array().unwrap();
+        assert_eq!(availability[0]["topic"], "edgellm/dev1/status", "bound to the retained status: {config}");
+        assert_eq!(availability[0]["payload_available"], "online");
+        assert_eq!(availability[0]["payload_not_available"], "offline");
+        assert_eq!(config["availability_mode"], "all");
+        assert_eq!(config["state_topic"], "edgellm/dev1/health");
+        assert_eq!(config["device"]["identifiers"][0], "edgellm_dev1");
+        // Rendered on the real document, the value is never "None"; a sensor with a unit
+        // gets a number, and a figure without samples makes its sensor unavailable.
+        let template = config["value_template"].as_str().unwrap();
+        let value = render(template, &doc);
+        assert_ne!(value, "None", "{unique_id}: {template}");
+        if config.get("unit_of_measurement").is_some() {
+            assert!(value.parse::<f64>().is_ok(), "{unique_id}: {value:?} from {template}");
+        }
+        for extra in &availability[1..] {
+            assert_eq!(extra["topic"], "edgellm/dev1/health");
+            assert_eq!(
+                render(extra["value_template"].as_str().unwrap(), &doc),
+                "offline",
+                "{unique_id}: no samples yet"
+            );
+            let mut sampled = doc.clone();
+            sampled["tokens_per_second"] = json!(42.5);
+            sampled["latency_ms"]["time_to_first_token"] = json!({"p50": 120.0, "p95": 200.0, "p99": 300.0});
+            assert_eq!(render(extra["value_template"].as_str().unwrap(), &sampled), "online", "{unique_id}");
+            assert!(render(template, &sampled).parse::<f64>().unwrap() > 0.0, "{unique_id}");
+        }
+        keys.insert(topic.rsplit('/').nth(1).unwrap().to_string());
+    }
+    let rss: Value = serde_json::from_str(&configs.iter().find(|(t, _)| t.contains("/rss/")).unwrap().1).unwrap();
+    assert_eq!(rss["unit_of_measurement"], "MiB");
+    assert_eq!(rss["device_class"], "data_size");
+    assert!(keys.contains("tokens_per_second") && keys.contains("ttft_p50"), "{keys:?}");
 }
 
 #[test]

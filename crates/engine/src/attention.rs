@@ -11,8 +11,8 @@
 //! is tract's own row kernel.
 //!
 //! This file holds the tract side: the graph pass, the op, its NNEF form. The per-head
-//! kernels are in [`edgellm_kernels::attention`]: AVX-512; on other CPUs (aarch64 included,
-//! for now) the pass leaves the graph to tract. A head size that is not a multiple of 16 runs
+//! kernels are in [`edgellm_kernels::attention`]: AVX-512 and NEON; on other CPUs (AVX2-only
+//! x86, armv7) the pass leaves the graph to tract. A head size that is not a multiple of 16 runs
 //! the kernels' reference.
 
 use edgellm_kernels::Isa;

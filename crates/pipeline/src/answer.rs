@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use edgellm_engine::{Engine, FinishReason as EngineFinish, Flow, GenerateRequest, SamplingParams};
-use edgellm_protocol::{Done, FinishReason, GenerateParams, SafetyReport, Timings, Usage};
+use edgellm_protocol::{Conversation, Done, FinishReason, GenerateParams, SafetyReport, Timings, Usage};
 use edgellm_text::grounding::{AnswerCache, CachedAnswer};
 use edgellm_text::postprocess::Guarded;
 use edgellm_text::safety::Finding;
@@ -22,6 +22,8 @@ pub struct AnswerRequest<'a> {
     /// When the request was admitted: its queue time counts in its timings.
     pub admitted: Instant,
     pub deadline: Option<Instant>,
+    /// A conversation the client keeps itself, instead of the session memory.
+    pub conversation: Option<&'a Conversation>,
 }
 
 /// Where an answer goes while it is generated, and who may stop it.
@@ -44,9 +46,11 @@ impl Pipeline {
         request: AnswerRequest<'_>,
         sink: &mut dyn AnswerSink,
     ) -> Result<Done, PipelineError> {
-        let prepared = self.prepare(engine, PromptInput { prompt: request.prompt, session: request.session })?;
+        let input = PromptInput { prompt: request.prompt, session: request.session };
+        let prepared = self.prepare_conversation(engine, input, request.conversation)?;
         let (sampling, max_new_tokens) = self.generation.for_request(request.params);
-        let stop_strings = self.generation.stop_strings.clone();
+        let mut stop_strings = self.generation.stop_strings.clone();
+        stop_strings.extend(request.params.stop.iter().filter(|s| !s.is_empty()).cloned());
         let cache_key = answer_cache_key(&prepared.ids, &sampling, max_new_tokens, &stop_strings);
         let input_findings = prepared.input_safety.findings();
 

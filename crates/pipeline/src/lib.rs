@@ -19,6 +19,7 @@ pub use config::{GenerationConfig, LimitsConfig, PipelineConfig};
 pub use edgellm_text::{grounding, postprocess, preprocess, safety};
 
 use edgellm_engine::{Embedder, Engine, EngineError};
+use edgellm_protocol::Conversation;
 use grounding::{
     AnswerCache, CachedAnswer, DenseIndex, Entity, GroundingConfig, Hit, KnowledgeIndex, Retrieval, SessionMemory,
     SourceRef,
@@ -252,7 +253,7 @@ impl Pipeline {
     /// them, so an odd template costs speed, never correctness.
     fn system_prefix(&self, engine: &Engine) -> Result<Vec<u32>, PipelineError> {
         let render = |user: &str| -> Result<Vec<u32>, PipelineError> {
-            let (_, ids) = self.render(engine, &[], user)?;
+            let (_, ids) = self.render(engine, None, &[], user)?;
             Ok(ids)
         };
         let (a, b) = (render("alpha")?, render("7 Zulu")?);
@@ -264,18 +265,20 @@ impl Pipeline {
     fn render(
         &self,
         engine: &Engine,
+        system: Option<&str>,
         history: &[grounding::Turn],
         user: &str,
     ) -> Result<(String, Vec<u32>), PipelineError> {
+        let system_prompt = system.unwrap_or(&self.system_prompt);
         let mut messages = Vec::with_capacity(2 + history.len() * 2);
         // A family without a system role reads the system prompt at the head of the first
         // user turn instead.
-        let merge = !self.system_turn && !self.system_prompt.is_empty();
-        if self.system_turn && !self.system_prompt.is_empty() {
-            messages.push(ChatMessage { role: "system", content: &self.system_prompt });
+        let merge = !self.system_turn && !system_prompt.is_empty();
+        if self.system_turn && !system_prompt.is_empty() {
+            messages.push(ChatMessage { role: "system", content: system_prompt });
         }
         let first = history.first().map_or(user, |t| t.user.as_str());
-        let opening_user = if merge { format!("{}\n\n{first}", self.system_prompt) } else { String::new() };
+        let opening_user = if merge { format!("{system_prompt}\n\n{first}") } else { String::new() };
         for (i, turn) in history.iter().enumerate() {
             let text = if merge && i == 0 { opening_user.as_str() } else { turn.user.as_str() };
             messages.push(ChatMessage { role: "user", content: text });
@@ -290,6 +293,38 @@ impl Pipeline {
 
     /// Stages 1–4: clean, check, ground, render and tokenize within the limits.
     pub fn prepare(&mut self, engine: &Engine, input: PromptInput<'_>) -> Result<PreparedPrompt, PipelineError> {
+        self.prepare_conversation(engine, input, None)
+    }
+
+    /// [`Pipeline::prepare`] for a client that keeps its conversation itself (the HTTP API):
+    /// its system prompt and turns replace the configured system prompt and the session
+    /// memory. Each part is cleaned and checked by the safety rules like the prompt (a forged
+    /// earlier turn is as much the client's text as the prompt is).
+    pub fn prepare_conversation(
+        &mut self,
+        engine: &Engine,
+        input: PromptInput<'_>,
+        conversation: Option<&Conversation>,
+    ) -> Result<PreparedPrompt, PipelineError> {
+        let checked = |text: &str| -> Result<String, PipelineError> {
+            let cleaned = preprocess::clean(text, self.limits.max_prompt_bytes)?;
+            let report = self.safety.scan(&cleaned);
+            if let Some(block) = report.blocking_rule() {
+                return Err(PipelineError::Blocked { rule: block.rule.clone(), kind: block.kind });
+            }
+            Ok(self.safety.redact(&cleaned, &report))
+        };
+        let (system, given_turns) = match conversation {
+            Some(c) => {
+                let system = c.system.as_deref().map(checked).transpose()?;
+                let mut turns = Vec::with_capacity(c.turns.len());
+                for (user, assistant) in &c.turns {
+                    turns.push(grounding::Turn { user: checked(user)?, assistant: checked(assistant)? });
+                }
+                (system, Some(turns))
+            }
+            None => (None, None),
+        };
         let cleaned = preprocess::clean(input.prompt, self.limits.max_prompt_bytes)?;
         let input_safety = self.safety.scan(&cleaned);
         if let Some(block) = input_safety.blocking_rule() {
@@ -311,9 +346,10 @@ impl Pipeline {
             hits.push(hit);
         }
         let retrieval_ms = retrieval_started.elapsed().as_secs_f64() * 1e3;
-        let mut history = match input.session {
-            Some(id) => self.sessions.turns(id),
-            None => Vec::new(),
+        let mut history = match (given_turns, input.session) {
+            (Some(turns), _) => turns,
+            (None, Some(id)) => self.sessions.turns(id),
+            (None, None) => Vec::new(),
         };
         // Newest turns first within the history budget.
         let mut history_tokens = 0;
@@ -331,7 +367,7 @@ impl Pipeline {
         // Render; if the whole is over the limit, drop history, then notes, before giving up.
         loop {
             let user_turn = self.user_turn(&user_text, &hits);
-            let (rendered, ids) = self.render(engine, &history, &user_turn)?;
+            let (rendered, ids) = self.render(engine, system.as_deref(), &history, &user_turn)?;
             if ids.len() <= self.limits.max_prompt_tokens {
                 let shared_prefix_len =
                     if ids.starts_with(&self.system_prefix_ids) { self.system_prefix_ids.len() } else { 0 };

@@ -71,6 +71,18 @@ pub struct GenerateParams {
     pub top_p: Option<f32>,
     pub top_k: Option<usize>,
     pub seed: Option<u64>,
+    /// Stop strings of this request, in addition to the configured ones (the HTTP API's `stop`).
+    pub stop: Vec<String>,
+}
+
+/// A conversation the client keeps itself (the HTTP API's `messages`): its system prompt and
+/// earlier turns take the place of the configured system prompt and the session memory.
+/// The pipeline checks every part of it with the same safety rules as the prompt.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Conversation {
+    pub system: Option<String>,
+    /// Earlier (user, assistant) turns, oldest first.
+    pub turns: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -80,6 +92,8 @@ pub struct PromptRequest {
     pub session: Option<String>,
     pub params: GenerateParams,
     pub stream: bool,
+    /// Only from transports that carry a whole conversation (HTTP); never parsed from JSON lines.
+    pub conversation: Option<Conversation>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -229,6 +243,7 @@ pub fn parse_request(
                     top_p: float_field(take("top_p"), "top_p", 0.01, 1.0)?,
                     top_k: uint_field(take("top_k"), "top_k", 0, 1000)?.map(|v| v as usize),
                     seed: uint_field(take("seed"), "seed", 0, u64::MAX)?,
+                    stop: Vec::new(),
                 })
             })()
             .map_err(&fail)?;
@@ -239,6 +254,7 @@ pub fn parse_request(
                 session,
                 params,
                 stream,
+                conversation: None,
             }))
         }
         "cancel" => match id {

@@ -66,6 +66,8 @@ pub struct Config {
     #[serde(default)]
     pub mqtt: MqttConfig,
     #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
     pub health: HealthConfig,
     #[serde(default)]
     pub logging: LoggingConfig,
@@ -244,6 +246,50 @@ impl Default for MqttConfig {
             reconnect_max_ms: 30_000,
             tls: None,
         }
+    }
+}
+
+/// The OpenAI-compatible HTTP API: HTTP/1.1 on a Unix socket of its own, with the prompt
+/// socket's mode and peer-credential allow-lists (`[socket]`); TCP only when `listen` is set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub enabled: bool,
+    /// Empty: `http.sock` beside `socket.path` (`/run/edgellm/http.sock` by default).
+    pub path: PathBuf,
+    /// `"127.0.0.1:8080"` also serves the API over TCP, with no peer checks. Empty: off.
+    pub listen: String,
+    pub max_connections: usize,
+    /// Largest request body; a larger one is answered 413 before it is read.
+    pub max_body_bytes: usize,
+    /// A request's headers and body must arrive within this.
+    pub read_timeout_ms: u64,
+    /// Whether a client's `system` messages replace the configured system prompt (else they
+    /// are ignored).
+    pub accept_system_messages: bool,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            enabled: true,
+            path: PathBuf::new(),
+            listen: String::new(),
+            max_connections: 16,
+            max_body_bytes: 262_144,
+            read_timeout_ms: 10_000,
+            accept_system_messages: true,
+        }
+    }
+}
+
+impl HttpConfig {
+    /// Where the HTTP socket is: `path`, else `http.sock` in the prompt socket's directory.
+    pub fn socket_path(&self, socket: &SocketConfig) -> PathBuf {
+        if !self.path.as_os_str().is_empty() {
+            return self.path.clone();
+        }
+        socket.path.parent().map(|dir| dir.join("http.sock")).unwrap_or_else(|| PathBuf::from("http.sock"))
     }
 }
 
@@ -509,6 +555,25 @@ impl Config {
             && tls.client_cert.is_some() != tls.client_key.is_some()
         {
             return Err(invalid("mqtt.tls.client_key", "client_cert and client_key go together"));
+        }
+        let h = &self.http;
+        if h.socket_path(&self.socket).as_os_str().len() > 100 {
+            return Err(invalid("http.path", "must be shorter than 100 bytes (sun_path limit)"));
+        }
+        if h.enabled && h.socket_path(&self.socket) == self.socket.path {
+            return Err(invalid("http.path", "must differ from socket.path"));
+        }
+        if !h.listen.is_empty() && h.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid("http.listen", "an address and port, like \"127.0.0.1:8080\", or empty"));
+        }
+        if h.max_connections == 0 || h.max_connections > 4096 {
+            return Err(invalid("http.max_connections", "must be between 1 and 4096"));
+        }
+        if !(1024..=16 << 20).contains(&h.max_body_bytes) {
+            return Err(invalid("http.max_body_bytes", "must be between 1024 and 16777216"));
+        }
+        if !(100..=600_000).contains(&h.read_timeout_ms) {
+            return Err(invalid("http.read_timeout_ms", "must be between 100 and 600000"));
         }
         let ha = &self.health.home_assistant_prefix;
         if ha.is_empty() || ha.contains(['#', '+']) || ha.ends_with('/') {

@@ -27,6 +27,8 @@ pub enum DaemonError {
     Mqtt(#[source] crate::transport::mqtt::MqttError),
     #[error("the prompt socket")]
     Socket(#[source] crate::transport::socket::SocketError),
+    #[error("the HTTP API")]
+    Http(#[source] crate::transport::http::HttpError),
     #[error("cannot watch SIGHUP")]
     Signal(#[source] std::io::Error),
     #[error("the start-up task failed")]
@@ -38,7 +40,9 @@ impl DaemonError {
         match self {
             DaemonError::ModelLoad(_) => crate::exit_code::MODEL_LOAD,
             DaemonError::Mqtt(_) => crate::exit_code::BAD_CONFIG,
-            DaemonError::Socket(_) | DaemonError::Signal(_) | DaemonError::StartUp(_) => crate::exit_code::RUNTIME,
+            DaemonError::Socket(_) | DaemonError::Http(_) | DaemonError::Signal(_) | DaemonError::StartUp(_) => {
+                crate::exit_code::RUNTIME
+            }
         }
     }
 }
@@ -91,6 +95,10 @@ pub async fn run(
         let listener = crate::transport::socket::bind(&config.socket).map_err(DaemonError::Socket)?;
         transports.spawn(crate::transport::socket::serve(listener, service.clone()));
     }
+    if config.http.enabled {
+        let listeners = crate::transport::http::bind(&config).map_err(DaemonError::Http)?;
+        transports.spawn(crate::transport::http::serve(listeners, service.clone()));
+    }
     if config.mqtt.enabled {
         let mqtt = crate::transport::mqtt::Mqtt::new(&config).map_err(DaemonError::Mqtt)?;
         transports.spawn(mqtt.serve(service.clone()));
@@ -99,7 +107,7 @@ pub async fn run(
     metrics.set_ready();
     service.state_changed.notify_one();
     notifier.ready("ready");
-    tracing::info!(socket = config.socket.enabled, mqtt = config.mqtt.enabled, "ready");
+    tracing::info!(socket = config.socket.enabled, http = config.http.enabled, mqtt = config.mqtt.enabled, "ready");
     let watchdog = tokio::spawn(watchdog(notifier.clone(), metrics.clone(), service.worker_done.clone()));
 
     tokio::pin!(shutdown);

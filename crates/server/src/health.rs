@@ -161,6 +161,8 @@ pub struct Metrics {
     pub total_latency: WindowedHistogram,
     /// Decoded tokens (0) and decode microseconds (1) over the recent window.
     decode: WindowedCounters<2>,
+    /// The same latencies since start, for Prometheus (`GET /metrics`).
+    pub latency: crate::metrics::LatencyHistograms,
 }
 
 fn unix_now() -> u64 {
@@ -195,6 +197,7 @@ impl Metrics {
             ttft: WindowedHistogram::new(window_s),
             total_latency: WindowedHistogram::new(window_s),
             decode: WindowedCounters::new(window_s),
+            latency: Default::default(),
         }
     }
 
@@ -257,6 +260,8 @@ impl Metrics {
         self.tokens_generated.fetch_add(tokens as u64, Relaxed);
         self.ttft.record(ttft_ms, now);
         self.total_latency.record(total_ms, now);
+        self.latency.time_to_first_token.record(ttft_ms);
+        self.latency.total.record(total_ms);
         self.decode.add(0, tokens as u64, now);
         self.decode.add(1, (decode_ms * 1e3) as u64, now);
     }

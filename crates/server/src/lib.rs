@@ -3,17 +3,19 @@
 //! A request flows one way through these modules:
 //!
 //! - [`config`]: the one TOML file, typed and validated; each lower crate owns its sections.
-//! - [`transport`]: the Unix socket and MQTT; each only translates between its wire and the
-//!   [`service`] layer, which parses with the limits, admits to the bounded queue, tracks each
-//!   client's requests in flight and cancels them.
+//! - [`transport`]: the Unix socket, MQTT and the OpenAI-compatible HTTP API; each only
+//!   translates between its wire and the [`service`] layer, which parses with the limits,
+//!   admits to the bounded queue, tracks each client's requests in flight and cancels them.
 //! - [`daemon`]: admission, lifecycle (signals, reload, drain, systemd) and the [`worker`]
 //!   thread that owns the engine and runs [`edgellm_pipeline::Pipeline`].
-//! - [`health`]: counters, latency histograms, the health document; [`budget`]: memory bounds.
+//! - [`health`]: counters, latency histograms, the health document; [`metrics`]: the same
+//!   in Prometheus' text format; [`budget`]: memory bounds.
 
 pub mod budget;
 pub mod config;
 pub mod daemon;
 pub mod health;
+pub mod metrics;
 mod notify;
 pub mod service;
 pub mod transport;

@@ -221,6 +221,7 @@ impl Worker {
             stream: req.stream,
             admitted: job.admitted,
             deadline: Some(job.deadline),
+            conversation: req.conversation.as_ref(),
         };
         let mut sink = JobSink { job: &job, metrics: &self.metrics, control: &self.control, shut_down: false };
         let result = self.pipeline.answer(&mut self.engine, request, &mut sink);

@@ -408,47 +408,95 @@ async fn on_connect(mqtt: Arc<Mqtt>, client: AsyncClient, service: Service, out:
     }
 }
 
-/// Home Assistant MQTT discovery configs for the main health figures: each sensor reads
-/// the retained health document and is available while the status topic says `online`.
+/// Home Assistant MQTT discovery configs for the main health figures, in the schema of
+/// Home Assistant 2025.10 and later: `default_entity_id` (`object_id` is deprecated), each
+/// sensor reading the retained health document and available while the retained status
+/// topic says `online`. A figure that can be null (no samples yet) is not rendered as the
+/// text "None": its sensor is unavailable meanwhile, through a second availability topic
+/// (the health document itself) that says whether the figure is there.
 fn home_assistant_discovery(config: &Config) -> Vec<(String, String)> {
     let device = &config.device_id;
     let prefix = &config.mqtt.topic_prefix;
-    let sensors: [(&str, &str, &str, Option<&str>); 8] = [
-        ("state", "State", "{{ value_json.state }}", None),
-        ("rss", "Memory (RSS)", "{{ value_json.memory.rss_mib }}", Some("MiB")),
-        ("tokens_per_second", "Decode speed", "{{ value_json.tokens_per_second | default(0) }}", Some("tokens/s")),
-        ("queue_depth", "Queue depth", "{{ value_json.queue.depth }}", None),
-        ("requests", "Requests", "{{ value_json.counters.requests }}", None),
-        (
+    /// One figure of the health document as a sensor.
+    struct Sensor {
+        key: &'static str,
+        name: &'static str,
+        /// Where it is in the health document.
+        path: &'static str,
+        unit: Option<&'static str>,
+        device_class: Option<&'static str>,
+        /// Null until there are samples.
+        nullable: bool,
+    }
+    let sensor =
+        |key, name, path, unit, device_class, nullable| Sensor { key, name, path, unit, device_class, nullable };
+    let sensors = [
+        sensor("state", "State", "state", None, None, false),
+        sensor("rss", "Memory (RSS)", "memory.rss_mib", Some("MiB"), Some("data_size"), false),
+        sensor("tokens_per_second", "Decode speed", "tokens_per_second", Some("tokens/s"), None, true),
+        sensor("queue_depth", "Queue depth", "queue.depth", None, None, false),
+        sensor("requests", "Requests", "counters.requests", None, None, false),
+        sensor(
             "ttft_p50",
             "Time to first token p50",
-            "{{ value_json.latency_ms.time_to_first_token.p50 | default(0) }}",
+            "latency_ms.time_to_first_token.p50",
             Some("ms"),
+            Some("duration"),
+            true,
         ),
-        ("cpu", "CPU", "{{ value_json.cpu.process_percent }}", Some("%")),
-        ("uptime", "Uptime", "{{ value_json.uptime_s }}", Some("s")),
+        sensor("cpu", "CPU", "cpu.process_percent", Some("%"), None, false),
+        sensor("uptime", "Uptime", "uptime_s", Some("s"), Some("duration"), false),
     ];
+    let status_topic = format!("{prefix}/status");
+    let health_topic = format!("{prefix}/health");
     sensors
         .iter()
-        .map(|(key, name, template, unit)| {
-            let mut payload = serde_json::json!({
-                "name": name,
-                "unique_id": format!("edgellm_{device}_{key}"),
-                "object_id": format!("edgellm_{device}_{key}"),
-                "state_topic": format!("{prefix}/health"),
-                "value_template": template,
-                "availability_topic": format!("{prefix}/status"),
+        .map(|&Sensor { key, name, path, unit, device_class, nullable }| {
+            let id = format!("edgellm_{device}_{key}");
+            let mut availability = vec![serde_json::json!({
+                "topic": status_topic,
                 "payload_available": "online",
                 "payload_not_available": "offline",
+            })];
+            let value_template = if nullable {
+                // The figure's parent may be null too (`time_to_first_token` without samples).
+                let parent = path.rsplit_once('.').map(|(p, _)| format!("value_json.{p} is not none and "));
+                let present = format!("{}value_json.{path} is not none", parent.unwrap_or_default());
+                availability.push(serde_json::json!({
+                    "topic": health_topic,
+                    "value_template": format!("{{{{ 'online' if {present} else 'offline' }}}}"),
+                    "payload_available": "online",
+                    "payload_not_available": "offline",
+                }));
+                format!("{{{{ value_json.{path} if {present} else 0 }}}}")
+            } else {
+                format!("{{{{ value_json.{path} }}}}")
+            };
+            let mut payload = serde_json::json!({
+                "name": name,
+                "unique_id": id,
+                "default_entity_id": format!("sensor.{id}"),
+                "state_topic": health_topic,
+                "value_template": value_template,
+                "availability": availability,
+                "availability_mode": "all",
                 "device": {
                     "identifiers": [format!("edgellm_{device}")],
                     "name": format!("edgellm {device}"),
                     "model": "edgellm",
                     "sw_version": env!("CARGO_PKG_VERSION"),
                 },
+                "origin": {"name": "edgellm", "sw_version": env!("CARGO_PKG_VERSION")},
             });
             if let Some(unit) = unit {
-                payload["unit_of_measurement"] = (*unit).into();
+                payload["unit_of_measurement"] = unit.into();
+            }
+            if key != "state" {
+                // Numbers, so that Home Assistant keeps statistics of them.
+                payload["state_class"] = if key == "requests" { "total_increasing" } else { "measurement" }.into();
+            }
+            if let Some(class) = device_class {
+                payload["device_class"] = class.into();
             }
             let topic = format!("{}/sensor/edgellm_{device}/{key}/config", config.health.home_assistant_prefix);
             (topic, payload.to_string())

@@ -51,7 +51,12 @@ pub fn bind(config: &SocketConfig) -> Result<UnixListener, SocketError> {
         tracing::info!("using the socket passed by systemd");
         return UnixListener::from_std(std_listener).map_err(SocketError::Inherited);
     }
-    let path = &config.path;
+    bind_path(&config.path, config.mode_bits()?)
+}
+
+/// Binds a Unix socket at `path` with `mode`, creating its directory and replacing a stale
+/// file left by a crash (never one a live process still answers on). Shared with the HTTP API.
+pub(crate) fn bind_path(path: &std::path::Path, mode: u32) -> Result<UnixListener, SocketError> {
     if let Some(parent) = path.parent()
         && !parent.as_os_str().is_empty()
     {
@@ -60,30 +65,47 @@ pub fn bind(config: &SocketConfig) -> Result<UnixListener, SocketError> {
     if path.exists() {
         // A live daemon answers on it; a stale file from a crash does not.
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(SocketError::InUse { path: path.clone() });
+            return Err(SocketError::InUse { path: path.into() });
         }
-        std::fs::remove_file(path).map_err(|source| SocketError::RemoveStale { path: path.clone(), source })?;
+        std::fs::remove_file(path).map_err(|source| SocketError::RemoveStale { path: path.into(), source })?;
     }
-    let listener = UnixListener::bind(path).map_err(|source| SocketError::Bind { path: path.clone(), source })?;
-    let mode = config.mode_bits()?;
+    let listener = UnixListener::bind(path).map_err(|source| SocketError::Bind { path: path.into(), source })?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|source| SocketError::SetMode { path: path.clone(), source })?;
+        .map_err(|source| SocketError::SetMode { path: path.into(), source })?;
     Ok(listener)
 }
 
-/// fd 3 when systemd passed exactly one socket to this process (socket activation).
+/// The prompt socket passed by systemd (socket activation): the first one not named
+/// [`HTTP_FD_NAME`] (the HTTP API's, `FileDescriptorName=http`).
 fn inherited_listener() -> Option<OwnedFd> {
+    listen_fd(|name| name != HTTP_FD_NAME)
+}
+
+/// `FileDescriptorName=` of the HTTP API's socket unit.
+pub(crate) const HTTP_FD_NAME: &str = "http";
+
+/// The first socket systemd passed to this process (`LISTEN_PID`, `LISTEN_FDS`,
+/// `LISTEN_FDNAMES`) whose name `wanted` accepts; an unnamed one counts as the prompt socket.
+pub(crate) fn listen_fd(wanted: impl Fn(&str) -> bool) -> Option<OwnedFd> {
     let pid: u32 = std::env::var("LISTEN_PID").ok()?.parse().ok()?;
-    let fds: u32 = std::env::var("LISTEN_FDS").ok()?.parse().ok()?;
-    (pid == std::process::id() && fds == 1).then(take_listen_fd)
+    let fds: usize = std::env::var("LISTEN_FDS").ok()?.parse().ok()?;
+    if pid != std::process::id() {
+        return None;
+    }
+    let names = std::env::var("LISTEN_FDNAMES").unwrap_or_default();
+    let mut names = names.split(':');
+    let index = (0..fds).find(|_| wanted(names.next().unwrap_or("")))?;
+    Some(take_listen_fd(index))
 }
 
 #[allow(unsafe_code)]
-fn take_listen_fd() -> OwnedFd {
+fn take_listen_fd(index: usize) -> OwnedFd {
     const SD_LISTEN_FDS_START: i32 = 3;
-    // SAFETY: LISTEN_PID names this process, so by systemd's protocol fd 3 is an open socket
-    // handed to it; it is taken once, at start-up, and owned from here on.
-    unsafe { OwnedFd::from_raw_fd(SD_LISTEN_FDS_START) }
+    // SAFETY: LISTEN_PID names this process and `index` is below LISTEN_FDS, so by systemd's
+    // protocol fd 3 + index is an open socket handed to it; each transport takes its own
+    // (the prompt socket one not named "http", the HTTP API the one named so), once, at
+    // start-up, and owns it from here on.
+    unsafe { OwnedFd::from_raw_fd(SD_LISTEN_FDS_START + index as i32) }
 }
 
 /// Accepts connections until shutdown, then waits for every connection to finish its answers
@@ -149,14 +171,15 @@ fn inherited_listener_env_absent() -> bool {
 
 /// Why a socket client is not served (logged, never sent).
 #[derive(Debug, thiserror::Error)]
-enum PeerRefusal {
+pub(crate) enum PeerRefusal {
     #[error("cannot read peer credentials")]
     Credentials(#[source] nix::Error),
     #[error("uid {uid} gid {gid} not in the allow-lists")]
     NotAllowed { uid: u32, gid: u32 },
 }
 
-fn check_peer(stream: &UnixStream, config: &SocketConfig) -> Result<(), PeerRefusal> {
+/// The configured allow-lists applied to a peer (SO_PEERCRED); the HTTP socket uses them too.
+pub(crate) fn check_peer(stream: &UnixStream, config: &SocketConfig) -> Result<(), PeerRefusal> {
     if config.allowed_uids.is_empty() && config.allowed_gids.is_empty() {
         return Ok(());
     }
