@@ -196,7 +196,6 @@ async fn accept_tcp(listener: Option<&TcpListener>) -> std::io::Result<tokio::ne
     }
 }
 
-
 /// Answers one request on a connection that is not served (403, or 429 when full) and
 /// closes it, within a second: the accept loop waits for it, so a flood is slowed, not
 /// multiplied into tasks.
