@@ -573,8 +573,9 @@ fn a_paraphrased_question_gets_the_fact_through_dense_retrieval() {
     assert!(done["timings"]["retrieval_ms"].as_f64().unwrap() > 0.0);
     assert!(log.contains("knowledge embedded"), "{log}");
 
-    // Switched off: keyword retrieval alone finds nothing, and the model does not know the code.
-    let (done, log) = ask("[grounding.embedding]\nenabled = false\n");
+    // Switched off (and the injection detector's semantic layer, which loads the model too):
+    // keyword retrieval alone finds nothing, and the model does not know the code.
+    let (done, log) = ask("[grounding.embedding]\nenabled = false\n[safety.injection]\nsemantic = false\n");
     assert!(done["sources"].as_array().unwrap().iter().all(|s| s["file"] != "lab.md"), "{done}");
     assert!(!done["text"].as_str().unwrap().contains("4417"), "answer: {}", done["text"]);
     assert!(!log.contains("embedding model loaded"), "{log}");

@@ -1,7 +1,8 @@
 //! The prompt pipeline, in its fixed order:
 //!
 //! 1. [`preprocess`]: clean the text (NFKC, controls, invisibles, spacing), limits.
-//! 2. [`safety`] on the prompt: block, redact or flag before the model sees anything.
+//! 2. [`safety`] on the prompt: block, redact or flag before the model sees anything; the
+//!    injection detector's semantic layer reads the prompt's embedding ([`injection_guard`]).
 //! 3. [`grounding`]: entities, local knowledge, the session's earlier turns; the answer cache.
 //! 4. Chat template and tokenization, within the token budgets.
 //! 5. Inference (the engine, driven by the caller).
@@ -13,6 +14,7 @@
 
 mod answer;
 mod config;
+pub mod injection_guard;
 
 pub use answer::{AnswerRequest, AnswerSink};
 pub use config::{GenerationConfig, LimitsConfig, PipelineConfig};
@@ -92,6 +94,8 @@ pub struct Pipeline {
     generation: GenerationConfig,
     grounding: GroundingConfig,
     safety: SafetyRules,
+    /// The injection detector's semantic layer, when it is on (it uses the engine's embedder).
+    injection_guard: Option<injection_guard::InjectionGuard>,
     knowledge: KnowledgeIndex,
     /// The knowledge chunks' embeddings, when dense retrieval is on.
     dense: Option<DenseIndex>,
@@ -151,7 +155,9 @@ impl Pipeline {
     ) -> Result<Pipeline, PipelineError> {
         let e = &config.grounding.embedding;
         let wants_dense = e.enabled && config.grounding.knowledge_dir.is_some();
-        if wants_dense && engine.embedder().is_none() {
+        let safety = SafetyRules::new(&config.safety)?;
+        // The injection detector reads embeddings too, with or without knowledge.
+        if (wants_dense || safety.injection_head().is_some()) && engine.embedder().is_none() {
             let dir = e.model_dir.clone().unwrap_or_default();
             engine.load_embedder(&dir, e.max_tokens)?;
             if let Some(embedder) = engine.embedder() {
@@ -218,7 +224,11 @@ impl Pipeline {
             limits: config.limits.clone(),
             generation: config.generation.clone(),
             grounding: g.clone(),
-            safety: SafetyRules::new(&config.safety)?,
+            injection_guard: match engine.embedder() {
+                Some(embedder) => injection_guard::InjectionGuard::new(&safety, embedder)?,
+                None => None,
+            },
+            safety,
             knowledge,
             dense,
             query_vector,
@@ -326,7 +336,10 @@ impl Pipeline {
             None => (None, None),
         };
         let cleaned = preprocess::clean(input.prompt, self.limits.max_prompt_bytes)?;
-        let input_safety = self.safety.scan(&cleaned);
+        let input_safety = match (&mut self.injection_guard, engine.embedder()) {
+            (Some(guard), Some(embedder)) => guard.screen(&self.safety, embedder, &cleaned)?,
+            _ => self.safety.scan(&cleaned),
+        };
         if let Some(block) = input_safety.blocking_rule() {
             return Err(PipelineError::Blocked { rule: block.rule.clone(), kind: block.kind });
         }

@@ -69,34 +69,39 @@ impl MemoryBudget {
                     g.max_chunks, g.chunk_bytes
                 ),
             );
-            let e = &g.embedding;
-            if e.enabled {
-                let dir = e.model_dir.clone().unwrap_or_default();
-                let manifest = EmbedderManifest::load(&dir).ok();
-                let file_bytes = manifest
-                    .as_ref()
-                    .and_then(|m| std::fs::metadata(dir.join(&m.model_file)).ok())
-                    .map(|m| m.len() as f64)
-                    .unwrap_or(0.0);
-                let dimension = manifest.as_ref().map_or(384.0, |m| m.dimension as f64);
-                add(
-                    "embedding model",
-                    file_bytes * 3.5 + e.max_tokens as f64 * dimension * 4.0 * 32.0,
-                    format!(
-                        "tract keeps the int8 embedding table and folds the int8 matrices to f32 (x3.5 the file in {}, measured), activations for {} tokens",
-                        dir.display(),
-                        e.max_tokens
-                    ),
-                );
+            if g.embedding.enabled {
                 add(
                     "vector store",
-                    g.max_chunks as f64 * (dimension * 4.0 + 8.0) * 2.0,
+                    g.max_chunks as f64 * (embedding_dimension(config) * 4.0 + 8.0) * 2.0,
                     format!(
                         "{} chunks x {} f32, preallocated; x2 while a reload builds the new one",
-                        g.max_chunks, dimension
+                        g.max_chunks,
+                        embedding_dimension(config)
                     ),
                 );
             }
+        }
+        // The embedding model serves dense retrieval and the injection detector's semantic
+        // layer; it is loaded once for either.
+        let i = &config.safety.injection;
+        let semantic = config.safety.enabled && i.enabled && i.semantic;
+        if (g.knowledge_dir.is_some() && g.embedding.enabled) || semantic {
+            let e = &g.embedding;
+            let dir = e.model_dir.clone().unwrap_or_default();
+            let file_bytes = EmbedderManifest::load(&dir)
+                .ok()
+                .and_then(|m| std::fs::metadata(dir.join(&m.model_file)).ok())
+                .map(|m| m.len() as f64)
+                .unwrap_or(0.0);
+            add(
+                "embedding model",
+                file_bytes * 3.5 + e.max_tokens as f64 * embedding_dimension(config) * 4.0 * 32.0,
+                format!(
+                    "tract keeps the int8 embedding table and folds the int8 matrices to f32 (x3.5 the file in {}, measured), activations for {} tokens",
+                    dir.display(),
+                    e.max_tokens
+                ),
+            );
         }
         add(
             "sessions",
@@ -167,4 +172,10 @@ pub fn tune_allocator() {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
+}
+
+/// The embedding model's dimension, from its manifest (MiniLM's when it cannot be read).
+fn embedding_dimension(config: &Config) -> f64 {
+    let dir = config.grounding.embedding.model_dir.clone().unwrap_or_default();
+    EmbedderManifest::load(&dir).map_or(384.0, |m| m.dimension as f64)
 }

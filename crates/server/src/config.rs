@@ -734,6 +734,29 @@ mod tests {
     }
 
     #[test]
+    fn semantic_injection_keys_are_checked_with_their_key() {
+        for (toml, key) in [
+            ("semantic_flag = 0.0", "safety.injection.semantic_flag"),
+            ("semantic_flag = 1.0", "safety.injection.semantic_flag"),
+            ("semantic_block = 0.3", "safety.injection.semantic_block"),
+            ("semantic_block = 1.5", "safety.injection.semantic_block"),
+            ("head_file = \"/nonexistent/head.txt\"", "safety.injection.head_file"),
+        ] {
+            let err = Config::from_toml(&format!("[safety.injection]\n{toml}\n")).unwrap_err().to_string();
+            assert!(err.contains(key), "{toml}: {err}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let head = dir.path().join("head.txt");
+        std::fs::write(&head, "model m 0123456789ab\nbias 0\nweights 1 2 oops\n").unwrap();
+        let err = Config::from_toml(&format!("[safety.injection]\nhead_file = \"{}\"\n", head.display()))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("safety.injection.head_file") && err.contains("weights"), "{err}");
+        // Off, the head is not read.
+        assert!(Config::from_toml("[safety.injection]\nsemantic = false\nhead_file = \"/nonexistent\"\n").is_ok());
+    }
+
+    #[test]
     fn display_masks_password() {
         let c = Config::from_toml("[mqtt]\npassword = \"hunter2\"\n").unwrap();
         let shown = c.to_display_toml();

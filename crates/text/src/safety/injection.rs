@@ -21,8 +21,8 @@ use serde::{Deserialize, Serialize};
 use super::cues::{CUES, Family, TEMPLATE_MARKERS};
 use super::fold::{View, fold_str, plain_view, skeleton_view};
 
-/// The `[safety.injection]` section. A later `semantic` sub-section (an embedding model
-/// against the exemplar bank) would sit beside these keys.
+/// The `[safety.injection]` section: the cue scorer's thresholds, and the semantic layer's
+/// ([`super::semantic`]), whose probability is read beside the cue score.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct InjectionConfig {
@@ -32,11 +32,33 @@ pub struct InjectionConfig {
     pub block_score: f32,
     /// Score from which a prompt is flagged: reported and counted, not blocked.
     pub flag_score: f32,
+    /// Read the prompt's sentence embedding too (the embedding model is loaded for it, with
+    /// or without a knowledge directory).
+    pub semantic: bool,
+    /// Probability (of the semantic head) from which a prompt is blocked on that alone.
+    pub semantic_block: f32,
+    /// Probability from which a prompt is flagged (reported and counted, not blocked).
+    pub semantic_flag: f32,
+    /// Below this probability the semantic reading vetoes a narrow cue block (a score under
+    /// `block_score + 0.5`, not a template marker): the prompt is flagged instead. 0 = never.
+    pub semantic_veto: f32,
+    /// The fitted head (`model`, `bias`, `weights` lines); unset: the built-in one, fitted on
+    /// `config/injection/bank.tsv` for the default embedding model.
+    pub head_file: Option<std::path::PathBuf>,
 }
 
 impl Default for InjectionConfig {
     fn default() -> Self {
-        InjectionConfig { enabled: true, block_score: 1.0, flag_score: 0.5 }
+        InjectionConfig {
+            enabled: true,
+            block_score: 1.0,
+            flag_score: 0.5,
+            semantic: true,
+            semantic_block: 0.9,
+            semantic_flag: 0.5,
+            semantic_veto: 0.2,
+            head_file: None,
+        }
     }
 }
 
@@ -52,7 +74,32 @@ impl InjectionConfig {
                 "must be a number at least safety.injection.flag_score".into(),
             ));
         }
+        if !(self.semantic_flag > 0.0 && self.semantic_flag < 1.0) {
+            return Err(("safety.injection.semantic_flag", "a probability, between 0 and 1".into()));
+        }
+        if !(self.semantic_block >= self.semantic_flag && self.semantic_block <= 1.0) {
+            return Err((
+                "safety.injection.semantic_block",
+                "a probability, at least safety.injection.semantic_flag and at most 1".into(),
+            ));
+        }
+        if !(0.0..self.semantic_flag).contains(&self.semantic_veto) {
+            return Err((
+                "safety.injection.semantic_veto",
+                "a probability, at least 0 and below safety.injection.semantic_flag".into(),
+            ));
+        }
         Ok(())
+    }
+
+    /// The semantic head to use: the file's, or the built-in one.
+    pub fn load_head(&self) -> Result<super::semantic::InjectionHead, (&'static str, String)> {
+        let key = "safety.injection.head_file";
+        let text = match &self.head_file {
+            Some(path) => std::fs::read_to_string(path).map_err(|e| (key, format!("{}: {e}", path.display())))?,
+            None => super::semantic::DEFAULT_HEAD.to_string(),
+        };
+        super::semantic::InjectionHead::parse(&text).map_err(|e| (key, e))
     }
 }
 
@@ -803,7 +850,11 @@ mod bank {
 
     #[test]
     fn the_exemplar_bank_is_blocked_and_its_ordinary_questions_are_not() {
-        let (attacks, caught, _, false_blocks, _) = run(include_str!("../../../../config/injection/bank.tsv"));
+        // The cue rules alone, on the part of the bank they were written from (the exemplars
+        // added for the semantic layer, paraphrases without cue words among them, follow it).
+        let bank = include_str!("../../../../config/injection/bank.tsv");
+        let cue_part = bank.split("# Added for the semantic layer").next().unwrap_or(bank);
+        let (attacks, caught, _, false_blocks, _) = run(cue_part);
         assert!(caught as f64 >= 0.97 * attacks as f64, "{caught}/{attacks}");
         assert_eq!(false_blocks, 0);
     }

@@ -10,6 +10,8 @@
 //! - [`detectors`]: the built-in formats and their validators.
 //! - [`fold`]: the folded views that disguised text is matched in.
 //! - [`cues`], [`injection`]: the injection detector's lexicon and scoring.
+//! - [`semantic`]: its semantic layer, a head over the prompt's sentence embedding (the caller
+//!   embeds; this crate runs no model).
 //!
 //! A scan's working memory is proportional to the text (its folded views); the detections
 //! go into a fixed-capacity `heapless::Vec`.
@@ -18,6 +20,7 @@ pub mod cues;
 mod detectors;
 pub mod fold;
 pub mod injection;
+pub mod semantic;
 
 use std::collections::BTreeMap;
 
@@ -27,6 +30,7 @@ use serde::{Deserialize, Serialize};
 
 pub use detectors::{iban_valid, luhn_valid};
 pub use injection::{Assessment, InjectionConfig, InjectionDetector};
+pub use semantic::InjectionHead;
 
 use crate::preprocess::{HIDDEN_CLOSE, HIDDEN_OPEN};
 
@@ -262,6 +266,8 @@ pub struct SafetyRules {
     blocklist: AhoCorasick,
     injection: InjectionDetector,
     injection_config: InjectionConfig,
+    /// The semantic layer's head, when `safety.injection.semantic` is on.
+    injection_head: Option<InjectionHead>,
     /// The longest span a custom rule or blocklist term can cover (bytes, bounded).
     longest_custom_span: usize,
     enabled: bool,
@@ -333,7 +339,13 @@ impl SafetyRules {
             .match_kind(MatchKind::LeftmostLongest)
             .build(&terms)
             .map_err(|e| SafetyError::Blocklist { path: "(built-in)".into(), reason: e.to_string() })?;
-        config.injection.check().map_err(|(key, reason)| SafetyError::Injection { key, reason })?;
+        let injection_error = |(key, reason)| SafetyError::Injection { key, reason };
+        config.injection.check().map_err(injection_error)?;
+        let injection_head = if config.enabled && config.injection.enabled && config.injection.semantic {
+            Some(config.injection.load_head().map_err(injection_error)?)
+        } else {
+            None
+        };
         Ok(SafetyRules {
             rules,
             actions: config.actions.clone(),
@@ -341,6 +353,7 @@ impl SafetyRules {
             blocklist,
             injection: InjectionDetector::new(),
             injection_config: config.injection.clone(),
+            injection_head,
             longest_custom_span,
             enabled: config.enabled,
             scan_output: config.scan_output,
@@ -363,13 +376,24 @@ impl SafetyRules {
     /// Every detection in `text` (a cleaned prompt): the data detectors, the blocklist, text
     /// that was hidden in invisible characters, and the injection detector.
     pub fn scan(&self, text: &str) -> ScanReport {
-        self.scan_with(text, true)
+        self.scan_with(text, Some(None))
+    }
+
+    /// [`SafetyRules::scan`] with the semantic layer's reading of the prompt: `semantic` is
+    /// the head's probability for the embedding of [`semantic::semantic_view`] of `text`.
+    pub fn scan_prompt(&self, text: &str, semantic: Option<f32>) -> ScanReport {
+        self.scan_with(text, Some(semantic))
+    }
+
+    /// The semantic head the caller should embed prompts for, if the layer is on.
+    pub fn injection_head(&self) -> Option<&InjectionHead> {
+        self.injection_head.as_ref()
     }
 
     /// The rules that apply to an answer: the same, without the injection detector (a model
     /// explaining what instructions are is not an attack on it).
     pub fn scan_answer(&self, text: &str) -> ScanReport {
-        self.scan_with(text, false)
+        self.scan_with(text, None)
     }
 
     /// The injection detector's assessment of a cleaned prompt, whatever the thresholds.
@@ -377,7 +401,8 @@ impl SafetyRules {
         self.injection.assess(text)
     }
 
-    fn scan_with(&self, text: &str, prompt: bool) -> ScanReport {
+    /// `prompt`: run the injection detector, with the semantic probability if there is one.
+    fn scan_with(&self, text: &str, prompt: Option<Option<f32>>) -> ScanReport {
         let mut report = ScanReport::default();
         if !self.enabled {
             return report;
@@ -411,8 +436,8 @@ impl SafetyRules {
                 });
             }
         }
-        if prompt {
-            self.scan_injection(text, &mut found);
+        if let Some(semantic) = prompt {
+            self.scan_injection(text, semantic, &mut found);
         }
         found.sort_by(|a, b| a.start.cmp(&b.start).then(b.end.cmp(&a.end)).then(a.action.cmp(&b.action)));
         // A match wholly inside a longer one whose rule acts at least as strictly is the same
@@ -440,7 +465,7 @@ impl SafetyRules {
         report
     }
 
-    fn scan_injection(&self, text: &str, found: &mut Vec<Detection>) {
+    fn scan_injection(&self, text: &str, semantic: Option<f32>, found: &mut Vec<Detection>) {
         let configured = self.action_for(Kind::Injection, "injection");
         // Text hidden in tag characters or variation selectors is an injection technique in
         // itself, whatever it says.
@@ -451,16 +476,32 @@ impl SafetyRules {
         if !config.enabled {
             return;
         }
-        let Some(a) = self.injection.assess(text) else { return };
-        let action = if a.score >= config.block_score {
+        let cues = self.injection.assess(text);
+        let score = cues.as_ref().map_or(0.0, |a| a.score);
+        let semantic = semantic.filter(|_| self.injection_head.is_some());
+        let p = semantic.unwrap_or(0.0);
+        // A narrow cue block the semantic reading finds plainly ordinary is only flagged.
+        let vetoed = semantic.is_some_and(|p| p < config.semantic_veto)
+            && score < config.block_score + 0.5
+            && cues.as_ref().is_some_and(|a| a.reason != "template marker");
+        // Either reading confident alone blocks; a reading in its flag band only flags (the two
+        // flag bands together blocked "ignore the typos in my previous message").
+        let (cue_block, cue_flag) = (score >= config.block_score && !vetoed, score >= config.flag_score);
+        let (sem_block, sem_flag) = (p >= config.semantic_block, p >= config.semantic_flag);
+        let action = if cue_block || sem_block {
             configured
-        } else if a.score >= config.flag_score {
+        } else if cue_flag || sem_flag {
             Action::Flag
         } else {
             return;
         };
-        tracing::debug!(score = a.score, reason = a.reason, ?action, "injection cues");
-        found.push(Detection { rule: "injection".into(), kind: Kind::Injection, start: a.start, end: a.end, action });
+        // The span: where the cues scored, else the whole prompt (the embedding reads it all).
+        let (start, end) = match &cues {
+            Some(a) if cue_flag => (a.start, a.end),
+            _ => (0, text.len()),
+        };
+        tracing::debug!(score, semantic = p, reason = cues.as_ref().map(|a| a.reason), ?action, "injection");
+        found.push(Detection { rule: "injection".into(), kind: Kind::Injection, start, end, action });
     }
 
     /// `text` with every `redact` span replaced by its placeholder (overlapping spans are

@@ -1,0 +1,67 @@
+//! Prompt screening with the injection detector's semantic layer: the safety rules read the
+//! cleaned prompt, and when they do not block it already, the embedding model reads it too and
+//! the fitted head ([`safety::InjectionHead`]) turns its embedding into a probability that the
+//! rules weigh beside their cue score (`[safety.injection]`).
+//!
+//! The pipeline owns the embedder (through the engine); the text crate only receives the
+//! number.
+
+use edgellm_engine::{Embedder, EngineError};
+use edgellm_text::safety::{self, SafetyError, SafetyRules, ScanReport, semantic};
+
+use crate::PipelineError;
+
+/// The semantic layer's working state: the prompt's embedding buffer, reused by every request.
+#[derive(Debug)]
+pub struct InjectionGuard {
+    vector: Vec<f32>,
+}
+
+impl InjectionGuard {
+    /// The guard for `rules`' head, if the semantic layer is on; refuses a head fitted for
+    /// another embedding model (its weights would mean nothing).
+    pub fn new(rules: &SafetyRules, embedder: &Embedder) -> Result<Option<InjectionGuard>, PipelineError> {
+        let Some(head) = rules.injection_head() else { return Ok(None) };
+        let info = embedder.info();
+        if head.dimension() != info.dimension || head.model_sha256_prefix != info.sha256_prefix {
+            return Err(PipelineError::Safety(SafetyError::Injection {
+                key: "safety.injection.head_file",
+                reason: format!(
+                    "the head was fitted for {} ({}, {} dimensions), the embedding model is {} ({}, {}): \
+                     refit it (tests/injection.rs, fit_the_semantic_head) or set safety.injection.semantic = false",
+                    head.model_id,
+                    head.model_sha256_prefix,
+                    head.dimension(),
+                    info.id,
+                    info.sha256_prefix,
+                    info.dimension
+                ),
+            }));
+        }
+        Ok(Some(InjectionGuard { vector: vec![0.0; info.dimension] }))
+    }
+
+    /// The head's probability that `cleaned` is an attack.
+    pub fn probability(
+        &mut self,
+        head: &safety::InjectionHead,
+        embedder: &Embedder,
+        cleaned: &str,
+    ) -> Result<f32, EngineError> {
+        embedder.embed(&semantic::semantic_view(cleaned), &mut self.vector)?;
+        Ok(head.probability(&self.vector))
+    }
+
+    /// The safety report of a cleaned prompt: the rules with the semantic layer's reading
+    /// beside them (always taken: it can veto a narrow cue block as well as add one).
+    pub fn screen(
+        &mut self,
+        rules: &SafetyRules,
+        embedder: &Embedder,
+        cleaned: &str,
+    ) -> Result<ScanReport, PipelineError> {
+        let Some(head) = rules.injection_head() else { return Ok(rules.scan(cleaned)) };
+        let p = self.probability(head, embedder, cleaned)?;
+        Ok(rules.scan_prompt(cleaned, Some(p)))
+    }
+}
