@@ -7,7 +7,8 @@
 //! same health; its refusals become OpenAI-style `error` objects with an HTTP status (`busy`
 //! 429 with `Retry-After`, `blocked` 400, `shutting_down` 503). A client that goes away
 //! cancels its request: hyper drops the response (streaming) or the handler (not
-//! streaming), and with it the request's cancel guard.
+//! streaming), and with it the request's cancel guard. The OpenAI documents themselves, in
+//! and out, are typed in the `openai` module beside this one.
 //!
 //! `POST /v1/embeddings` is the exception: the sentence-embedding model is not reachable
 //! through the service (the worker takes prompts only), so this transport loads an instance
@@ -32,7 +33,8 @@ use hyper::body::{Body, Frame, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use serde_json::Number;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tokio::sync::Semaphore;
@@ -41,15 +43,17 @@ use tokio_util::task::TaskTracker;
 use edgellm_engine::Embedder;
 use edgellm_protocol::{Conversation, Done, ErrorCode, Event, PromptRequest, Rejection, Request as ProtocolRequest};
 
+mod openai;
+use openai::{
+    AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletionRequest, Completion, CompletionObject,
+    CompletionRequest, CompletionSettings, Delta, Embedding, EmbeddingList, EmbeddingsRequest, EncodingFormat,
+    ErrorResponse, Extras, InvalidRequest, Model, ModelList, NoLogprobs, Role, TextChoice, Usage, Vector,
+};
+
 use crate::config::ConfigError;
 use crate::service::{Origin, Service, Ticket};
 
 const TRANSPORT: &str = "http";
-
-/// At most this many stop strings per request (as OpenAI's API), each as long as a
-/// configured one may be.
-const MAX_STOP: usize = 4;
-const MAX_STOP_BYTES: usize = 64;
 
 /// Why the HTTP API could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -272,6 +276,12 @@ impl ApiError {
     }
 }
 
+impl From<InvalidRequest> for ApiError {
+    fn from(e: InvalidRequest) -> Self {
+        ApiError::bad(e.to_string())
+    }
+}
+
 fn status_of(code: ErrorCode) -> StatusCode {
     match code {
         ErrorCode::BadRequest | ErrorCode::TooLong | ErrorCode::Blocked => StatusCode::BAD_REQUEST,
@@ -285,25 +295,9 @@ fn status_of(code: ErrorCode) -> StatusCode {
     }
 }
 
-/// OpenAI's error `type` for a code.
-fn error_type(code: ErrorCode) -> &'static str {
-    match code {
-        ErrorCode::BadRequest | ErrorCode::TooLong | ErrorCode::Blocked => "invalid_request_error",
-        ErrorCode::Busy => "rate_limit_error",
-        ErrorCode::Forbidden => "permission_error",
-        ErrorCode::Cancelled => "cancelled",
-        ErrorCode::Timeout | ErrorCode::ShuttingDown | ErrorCode::Internal => "server_error",
-    }
-}
-
-/// The `{"error": {...}}` document: OpenAI's fields, with our stable code as `code`.
-fn error_body(r: &Rejection) -> Value {
-    json!({"error": {"message": r.message, "type": error_type(r.code), "param": null, "code": r.code.as_str()}})
-}
-
 fn error_response(e: &ApiError) -> Response<ResponseBody> {
     let status = e.status.unwrap_or_else(|| status_of(e.rejection.code));
-    let mut response = json_response(status, &error_body(&e.rejection));
+    let mut response = json_response(status, &ErrorResponse::new(&e.rejection));
     if let Some(s) = e.retry_after_s
         && let Ok(v) = HeaderValue::from_str(&s.to_string())
     {
@@ -319,8 +313,8 @@ fn full(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) 
     response
 }
 
-fn json_response(status: StatusCode, value: &Value) -> Response<ResponseBody> {
-    full(status, "application/json", value.to_string())
+fn json_response(status: StatusCode, document: &impl Serialize) -> Response<ResponseBody> {
+    full(status, "application/json", openai::to_json(document))
 }
 
 async fn handle(req: Request<Incoming>, api: &Api, origin: &Origin) -> Response<ResponseBody> {
@@ -329,11 +323,11 @@ async fn handle(req: Request<Incoming>, api: &Api, origin: &Origin) -> Response<
         (&Method::GET, "/health") => Ok(health(api)),
         (&Method::GET, "/metrics") => Ok(metrics(api)),
         (&Method::GET, "/v1/models") => {
-            Ok(json_response(StatusCode::OK, &json!({"object": "list", "data": [model_object(api)]})))
+            Ok(json_response(StatusCode::OK, &ModelList::new(vec![Model::new(&api.model)])))
         }
         (&Method::GET, p) if p.starts_with("/v1/models/") => {
             if p["/v1/models/".len()..] == api.model {
-                Ok(json_response(StatusCode::OK, &model_object(api)))
+                Ok(json_response(StatusCode::OK, &Model::new(&api.model)))
             } else {
                 Err(ApiError::bad("no such model").with_status(StatusCode::NOT_FOUND))
             }
@@ -359,16 +353,12 @@ fn metrics(api: &Api) -> Response<ResponseBody> {
     full(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", text)
 }
 
-fn model_object(api: &Api) -> Value {
-    json!({"id": api.model, "object": "model", "created": 0, "owned_by": "edgellm"})
-}
-
 fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-/// The request body as a JSON object, within the size and time limits.
-async fn read_json(req: Request<Incoming>, api: &Api) -> Result<Map<String, Value>, ApiError> {
+/// The request body, within the size and time limits.
+async fn read_body(req: Request<Incoming>, api: &Api) -> Result<Bytes, ApiError> {
     let too_large = || {
         ApiError::new(Rejection::new(ErrorCode::TooLong, format!("request body larger than {} bytes", api.max_body)))
             .with_status(StatusCode::PAYLOAD_TOO_LARGE)
@@ -378,24 +368,12 @@ async fn read_json(req: Request<Incoming>, api: &Api) -> Result<Map<String, Valu
         return Err(too_large());
     }
     let body = Limited::new(req.into_body(), api.max_body);
-    let bytes = match tokio::time::timeout(api.read_timeout, body.collect()).await {
-        Err(_) => {
-            return Err(ApiError::new(Rejection::new(ErrorCode::Timeout, "the request body did not arrive in time"))
-                .with_status(StatusCode::REQUEST_TIMEOUT));
-        }
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large()),
-        Ok(Err(_)) => return Err(ApiError::bad("the request body could not be read")),
-        Ok(Ok(collected)) => collected.to_bytes(),
-    };
-    match serde_json::from_slice::<Value>(&bytes) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(ApiError::bad("the request body must be a JSON object")),
-        Err(e) => {
-            // serde's syntax errors name a position, never the payload.
-            let what = e.to_string();
-            let what = what.split(" at line").next().unwrap_or("invalid JSON").to_string();
-            Err(ApiError::bad(format!("invalid JSON: {what}")))
-        }
+    match tokio::time::timeout(api.read_timeout, body.collect()).await {
+        Err(_) => Err(ApiError::new(Rejection::new(ErrorCode::Timeout, "the request body did not arrive in time"))
+            .with_status(StatusCode::REQUEST_TIMEOUT)),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Ok(Err(_)) => Err(ApiError::bad("the request body could not be read")),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
     }
 }
 
@@ -405,96 +383,11 @@ enum Kind {
     Text,
 }
 
-/// The text of a message's `content`: a string, or the text parts of an array of parts.
-fn content_text(content: Option<&Value>) -> Result<String, ApiError> {
-    match content {
-        None | Some(Value::Null) => Ok(String::new()),
-        Some(Value::String(s)) => Ok(s.clone()),
-        Some(Value::Array(parts)) => {
-            let mut text = String::new();
-            for part in parts {
-                match (part.get("type").and_then(Value::as_str), part.get("text").and_then(Value::as_str)) {
-                    (Some("text"), Some(t)) => text.push_str(t),
-                    _ => return Err(ApiError::bad("only text content parts are supported")),
-                }
-            }
-            Ok(text)
-        }
-        Some(_) => Err(ApiError::bad("`content` must be a string or an array of text parts")),
-    }
-}
-
-/// `messages` as the pipeline takes them: system messages (joined) as the system turn, the
-/// earlier user and assistant messages as the conversation's turns, the last user message
-/// as the prompt.
-fn from_messages(messages: &Value, accept_system: bool) -> Result<(String, Option<Conversation>), ApiError> {
-    let Some(messages) = messages.as_array().filter(|m| !m.is_empty()) else {
-        return Err(ApiError::bad("`messages` must be a non-empty array"));
-    };
-    let mut systems: Vec<String> = Vec::new();
-    let mut turns: Vec<(String, String)> = Vec::new();
-    let mut pending_user: Option<String> = None;
-    let (last, earlier) = messages.split_last().unwrap_or((&Value::Null, &[]));
-    let role_of = |m: &Value| m.get("role").and_then(Value::as_str).map(str::to_string);
-    for message in earlier {
-        let text = content_text(message.get("content"))?;
-        match role_of(message).as_deref() {
-            Some("system" | "developer") => systems.push(text),
-            Some("user") => {
-                pending_user = Some(match pending_user.take() {
-                    Some(before) => format!("{before}\n\n{text}"),
-                    None => text,
-                });
-            }
-            Some("assistant") => match (pending_user.take(), turns.last_mut()) {
-                (None, Some(previous)) => {
-                    previous.1.push_str("\n\n");
-                    previous.1.push_str(&text);
-                }
-                (user, _) => turns.push((user.unwrap_or_default(), text)),
-            },
-            Some(_) => return Err(ApiError::bad("only system, developer, user and assistant messages are supported")),
-            None => return Err(ApiError::bad("every message needs a `role`")),
-        }
-    }
-    if role_of(last).as_deref() != Some("user") {
-        return Err(ApiError::bad("the last message must be the user's"));
-    }
-    let last_text = content_text(last.get("content"))?;
-    let prompt = match pending_user {
-        Some(before) => format!("{before}\n\n{last_text}"),
-        None => last_text,
-    };
-    let system = (accept_system && !systems.is_empty()).then(|| systems.join("\n\n"));
-    let conversation = (system.is_some() || !turns.is_empty()).then_some(Conversation { system, turns });
-    Ok((prompt, conversation))
-}
-
 fn conversation_bytes(prompt: &str, conversation: Option<&Conversation>) -> usize {
     prompt.len()
         + conversation.map_or(0, |c| {
             c.system.as_ref().map_or(0, String::len) + c.turns.iter().map(|(u, a)| u.len() + a.len()).sum::<usize>()
         })
-}
-
-/// `stop`: a string or up to four strings.
-fn stop_strings(value: Option<&Value>) -> Result<Vec<String>, ApiError> {
-    let list = match value {
-        None | Some(Value::Null) => return Ok(Vec::new()),
-        Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|v| v.as_str().map(str::to_string))
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| ApiError::bad("`stop` must be a string or an array of strings"))?,
-        Some(_) => return Err(ApiError::bad("`stop` must be a string or an array of strings")),
-    };
-    if list.len() > MAX_STOP || list.iter().any(|s| s.is_empty() || s.len() > MAX_STOP_BYTES) {
-        return Err(ApiError::bad(format!(
-            "`stop` takes at most {MAX_STOP} non-empty strings of at most {MAX_STOP_BYTES} bytes"
-        )));
-    }
-    Ok(list)
 }
 
 /// What a completion request asks for besides the prompt request itself.
@@ -503,26 +396,41 @@ struct Asked {
     include_usage: bool,
 }
 
-/// The parts of a completion request that [`Service::parse`] does not read: the prompt
-/// document it does read (the prompt and the sampling fields), the conversation, the stop
-/// strings, whether usage is streamed.
-struct Fields {
-    doc: Map<String, Value>,
+/// A completion request, checked: the prompt, the conversation (chat), and the settings.
+struct CheckedCompletion {
+    prompt: String,
     conversation: Option<Conversation>,
-    stop: Vec<String>,
-    include_usage: bool,
+    settings: CompletionSettings,
 }
 
-fn completion_fields(mut body: Map<String, Value>, api: &Api, kind: Kind) -> Result<Fields, ApiError> {
-    let (prompt, conversation) = match kind {
-        Kind::Chat => from_messages(body.get("messages").unwrap_or(&Value::Null), api.accept_system)?,
-        Kind::Text => match body.get("prompt") {
-            Some(Value::String(s)) => (s.clone(), None),
-            Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => {
-                (a[0].as_str().unwrap_or("").to_string(), None)
-            }
-            _ => return Err(ApiError::bad("`prompt` must be a string")),
-        },
+/// The part of a completion request that [`Service::parse`] reads, as a document of the socket
+/// protocol: the prompt and the sampling fields meet the checks and limits a socket request
+/// meets, in the one place they are made.
+#[derive(Serialize)]
+struct PromptDocument<'a> {
+    prompt: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tokens: Option<&'a Number>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<&'a Number>,
+    stream: bool,
+}
+
+fn check_completion(body: &[u8], api: &Api, kind: Kind) -> Result<CheckedCompletion, ApiError> {
+    let (prompt, conversation, options) = match kind {
+        Kind::Chat => {
+            let request: ChatCompletionRequest = openai::decode(body)?;
+            let (prompt, conversation) = request.conversation(api.accept_system)?;
+            (prompt, conversation, request.options)
+        }
+        Kind::Text => {
+            let request: CompletionRequest = openai::decode(body)?;
+            (request.prompt()?, None, request.options)
+        }
     };
     let limit = api.service.config().limits.max_prompt_bytes;
     let size = conversation_bytes(&prompt, conversation.as_ref());
@@ -532,58 +440,39 @@ fn completion_fields(mut body: Map<String, Value>, api: &Api, kind: Kind) -> Res
             format!("the messages are {size} bytes, the limit is {limit}"),
         )));
     }
-    if body.get("n").is_some_and(|n| !n.is_null() && n.as_u64() != Some(1)) {
-        return Err(ApiError::bad("only `n` = 1 is supported"));
-    }
-    if body.get("model").is_some_and(|m| !m.is_string() && !m.is_null()) {
-        return Err(ApiError::bad("`model` must be a string"));
-    }
-    let stop = stop_strings(body.get("stop"))?;
-    let include_usage =
-        body.get("stream_options").and_then(|o| o.get("include_usage")).and_then(Value::as_bool).unwrap_or(false);
+    let mut settings = options.settings()?;
     // More tokens than the daemon allows are asked for routinely (clients default to large
     // values): the answer is cut at the limit and says so (`finish_reason: length`).
     let most = api.service.config().generation.max_new_tokens_limit as u64;
-    let max_tokens = match body.remove("max_completion_tokens").filter(|v| !v.is_null()) {
-        Some(v) => Some(v),
-        None => body.remove("max_tokens"),
+    if settings.max_tokens.as_ref().and_then(Number::as_u64).is_some_and(|n| n > most) {
+        settings.max_tokens = Some(Number::from(most));
     }
-    .map(|v| match v.as_u64() {
-        Some(n) if n > most => Value::from(most),
-        _ => v,
-    });
-    let mut doc = Map::new();
-    doc.insert("prompt".into(), Value::String(prompt));
-    if let Some(v) = max_tokens {
-        doc.insert("max_tokens".into(), v);
-    }
-    for field in ["temperature", "top_p", "seed", "stream"] {
-        if let Some(v) = body.remove(field) {
-            doc.insert(field.into(), v);
-        }
-    }
-    Ok(Fields { doc, conversation, stop, include_usage })
+    Ok(CheckedCompletion { prompt, conversation, settings })
 }
 
 /// A chat or text completion request as a protocol request: the prompt and the sampling
 /// fields go through [`Service::parse`] (the limits, the id); the conversation and the stop
 /// strings are added to what it returns. Every refusal is counted once.
-fn parse_completion(body: Map<String, Value>, api: &Api, kind: Kind) -> Result<Asked, ApiError> {
-    let fields = completion_fields(body, api, kind).inspect_err(|e| api.service.refused(&e.rejection, TRANSPORT))?;
-    let request = match api.service.parse(Value::Object(fields.doc).to_string().as_bytes(), TRANSPORT) {
+fn parse_completion(body: &[u8], api: &Api, kind: Kind) -> Result<Asked, ApiError> {
+    let checked = check_completion(body, api, kind).inspect_err(|e| api.service.refused(&e.rejection, TRANSPORT))?;
+    let CheckedCompletion { prompt, conversation, settings } = checked;
+    let document = PromptDocument {
+        prompt: &prompt,
+        max_tokens: settings.max_tokens.as_ref(),
+        temperature: settings.temperature,
+        top_p: settings.top_p,
+        seed: settings.seed.as_ref(),
+        stream: settings.stream,
+    };
+    let mut request = match api.service.parse(openai::to_json(&document).as_bytes(), TRANSPORT) {
         Ok(ProtocolRequest::Generate(r)) => r,
         Ok(_) => return Err(ApiError::bad("not a completion request")),
         // Counted by `parse`.
         Err(refused) => return Err(ApiError::new(refused.rejection)),
     };
-    let params = with_stop(request.params, fields.stop);
-    let request = PromptRequest { conversation: fields.conversation, params, ..request };
-    Ok(Asked { request, include_usage: fields.include_usage })
-}
-
-fn with_stop(mut params: edgellm_protocol::GenerateParams, stop: Vec<String>) -> edgellm_protocol::GenerateParams {
-    params.stop = stop;
-    params
+    request.params.stop = settings.stop;
+    request.conversation = conversation;
+    Ok(Asked { request, include_usage: settings.include_usage })
 }
 
 /// `Retry-After` for a busy answer: the recent median time of a request, at least a second.
@@ -598,21 +487,15 @@ async fn complete(
     origin: &Origin,
     kind: Kind,
 ) -> Result<Response<ResponseBody>, ApiError> {
-    let body = match read_json(req, api).await {
-        Ok(body) => body,
-        Err(e) => {
-            api.service.refused(&e.rejection, TRANSPORT);
-            return Err(e);
-        }
-    };
-    let asked = parse_completion(body, api, kind)?;
+    let body = read_body(req, api).await.inspect_err(|e| api.service.refused(&e.rejection, TRANSPORT))?;
+    let asked = parse_completion(&body, api, kind)?;
     let stream = asked.request.stream;
     let ticket = origin.submit(asked.request).map_err(|rejection| {
         // `submit` has counted it.
         let busy = rejection.code == ErrorCode::Busy;
         ApiError { retry_after_s: busy.then(|| retry_after_s(api)), ..ApiError::new(rejection) }
     })?;
-    let answer = Answer { kind, id: ticket.id.clone(), model: api.model.clone(), created: unix_now() };
+    let answer = Answer::new(kind, &ticket.id, api.model.clone());
     if stream { stream_answer(ticket, answer, asked.include_usage).await } else { whole_answer(ticket, answer).await }
 }
 
@@ -620,50 +503,36 @@ async fn complete(
 #[derive(Debug, Clone)]
 struct Answer {
     kind: Kind,
-    id: String,
+    /// OpenAI's id: `chatcmpl-` or `cmpl-` and the request's id.
+    response_id: String,
     model: String,
     created: u64,
 }
 
 impl Answer {
-    fn object(&self, chunk: bool) -> &'static str {
-        match (self.kind, chunk) {
-            (Kind::Chat, false) => "chat.completion",
-            (Kind::Chat, true) => "chat.completion.chunk",
-            (Kind::Text, _) => "text_completion",
+    fn new(kind: Kind, request_id: &str, model: String) -> Self {
+        let prefix = if kind == Kind::Chat { "chatcmpl" } else { "cmpl" };
+        let response_id = format!("{prefix}-{}", request_id.trim_start_matches("req-"));
+        Answer { kind, response_id, model, created: unix_now() }
+    }
+
+    /// The envelope of a whole answer (`chunk` false) or of one chunk of a stream.
+    fn envelope<C>(&self, chunk: bool, choices: Vec<C>) -> Completion<'_, C> {
+        let object = match (self.kind, chunk) {
+            (Kind::Chat, false) => CompletionObject::ChatCompletion,
+            (Kind::Chat, true) => CompletionObject::ChatCompletionChunk,
+            (Kind::Text, _) => CompletionObject::TextCompletion,
+        };
+        Completion {
+            id: &self.response_id,
+            object,
+            created: self.created,
+            model: &self.model,
+            choices,
+            usage: None,
+            edgellm: None,
         }
     }
-
-    fn response_id(&self) -> String {
-        let prefix = if self.kind == Kind::Chat { "chatcmpl" } else { "cmpl" };
-        format!("{prefix}-{}", self.id.trim_start_matches("req-"))
-    }
-
-    fn envelope(&self, chunk: bool, choices: Value) -> Map<String, Value> {
-        let mut m = Map::new();
-        m.insert("id".into(), self.response_id().into());
-        m.insert("object".into(), self.object(chunk).into());
-        m.insert("created".into(), self.created.into());
-        m.insert("model".into(), self.model.clone().into());
-        m.insert("choices".into(), choices);
-        m
-    }
-}
-
-fn usage(done: &Done) -> Value {
-    let u = &done.usage;
-    json!({"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
-           "total_tokens": u.prompt_tokens + u.completion_tokens})
-}
-
-/// The pipeline's extras, under `edgellm`.
-fn extras(done: &Done) -> Value {
-    json!({"sources": done.sources, "safety": done.safety, "timings": done.timings,
-           "entities": done.entities, "cached": done.cached})
-}
-
-fn finish_reason(done: &Done) -> Value {
-    serde_json::to_value(done.finish_reason).unwrap_or(Value::Null)
 }
 
 /// Not streaming: waits for the final event; a client that leaves meanwhile drops this
@@ -685,15 +554,20 @@ async fn whole_answer(mut ticket: Ticket, answer: Answer) -> Result<Response<Res
         }
     };
     guard.disarm();
-    let choice = match answer.kind {
-        Kind::Chat => json!({"index": 0, "message": {"role": "assistant", "content": done.text},
-                             "logprobs": null, "finish_reason": finish_reason(&done)}),
-        Kind::Text => json!({"index": 0, "text": done.text, "logprobs": null, "finish_reason": finish_reason(&done)}),
-    };
-    let mut body = answer.envelope(false, Value::Array(vec![choice]));
-    body.insert("usage".into(), usage(&done));
-    body.insert("edgellm".into(), extras(&done));
-    Ok(json_response(StatusCode::OK, &Value::Object(body)))
+    let (usage, edgellm) = (Some(Usage::from(&*done)), Some(Extras::from(&*done)));
+    let finish_reason = done.finish_reason;
+    Ok(match answer.kind {
+        Kind::Chat => {
+            let message = AssistantMessage { role: Role::Assistant, content: &done.text };
+            let choice = ChatChoice { index: 0, message, logprobs: NoLogprobs, finish_reason };
+            json_response(StatusCode::OK, &Completion { usage, edgellm, ..answer.envelope(false, vec![choice]) })
+        }
+        Kind::Text => {
+            let finish_reason = Some(finish_reason);
+            let choice = TextChoice { index: 0, text: &done.text, logprobs: NoLogprobs, finish_reason };
+            json_response(StatusCode::OK, &Completion { usage, edgellm, ..answer.envelope(false, vec![choice]) })
+        }
+    })
 }
 
 /// Streaming: the first event decides the status (a refusal before any text, such as a
@@ -714,8 +588,11 @@ async fn stream_answer(
     };
     let mut body = EventBody { ticket, answer, include_usage, pending: VecDeque::new(), finished: false };
     if body.answer.kind == Kind::Chat {
-        let choice = json!({"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null});
-        body.push_chunk(body.answer.envelope(true, Value::Array(vec![choice])));
+        let delta = Delta { role: Some(Role::Assistant), content: Some("") };
+        let opening = openai::to_json(
+            &body.answer.envelope(true, vec![ChatChunkChoice { index: 0, delta, finish_reason: None }]),
+        );
+        body.push_data(&opening);
     }
     body.push_event(first);
     let mut response = Response::new(Either::Right(body));
@@ -740,42 +617,46 @@ impl EventBody {
         self.pending.push_back(Bytes::from(format!("data: {data}\n\n")));
     }
 
-    fn push_chunk(&mut self, chunk: Map<String, Value>) {
-        self.push_data(&Value::Object(chunk).to_string());
-    }
-
-    fn piece(&self, text: &str, finish: Value) -> Value {
+    /// One chunk with one choice: a piece of text, or (with the finish reason) the last,
+    /// empty one, which carries the extras.
+    fn piece(&self, text: &str, done: Option<&Done>) -> String {
+        let finish_reason = done.map(|d| d.finish_reason);
+        let edgellm = done.map(Extras::from);
         match self.answer.kind {
             Kind::Chat => {
-                let delta = if text.is_empty() { json!({}) } else { json!({"content": text}) };
-                json!({"index": 0, "delta": delta, "finish_reason": finish})
+                let delta = Delta { role: None, content: (!text.is_empty()).then_some(text) };
+                let choice = ChatChunkChoice { index: 0, delta, finish_reason };
+                openai::to_json(&Completion { edgellm, ..self.answer.envelope(true, vec![choice]) })
             }
-            Kind::Text => json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish}),
+            Kind::Text => {
+                let choice = TextChoice { index: 0, text, logprobs: NoLogprobs, finish_reason };
+                openai::to_json(&Completion { edgellm, ..self.answer.envelope(true, vec![choice]) })
+            }
         }
     }
 
     fn push_event(&mut self, event: Event) {
         match event {
             Event::Token(text) => {
-                let choice = self.piece(&text, Value::Null);
-                self.push_chunk(self.answer.envelope(true, Value::Array(vec![choice])));
+                let chunk = self.piece(&text, None);
+                self.push_data(&chunk);
             }
             Event::Done(done) => {
-                let choice = self.piece("", finish_reason(&done));
-                let mut last = self.answer.envelope(true, Value::Array(vec![choice]));
-                last.insert("edgellm".into(), extras(&done));
-                self.push_chunk(last);
+                let last = self.piece("", Some(&done));
+                self.push_data(&last);
                 if self.include_usage {
-                    let mut usage_chunk = self.answer.envelope(true, Value::Array(Vec::new()));
-                    usage_chunk.insert("usage".into(), usage(&done));
-                    self.push_chunk(usage_chunk);
+                    // No choices: their type does not show in an empty list.
+                    let no_choices: Vec<ChatChunkChoice<'_>> = Vec::new();
+                    let usage = Some(Usage::from(&*done));
+                    let usage_chunk = openai::to_json(&Completion { usage, ..self.answer.envelope(true, no_choices) });
+                    self.push_data(&usage_chunk);
                 }
                 self.push_data("[DONE]");
                 self.finished = true;
             }
             Event::Error(r) => {
                 // After the headers, an error travels as an event (OpenAI's clients raise it).
-                self.push_data(&error_body(&r).to_string());
+                self.push_data(&openai::to_json(&ErrorResponse::new(&r)));
                 self.push_data("[DONE]");
                 self.finished = true;
             }
@@ -830,9 +711,6 @@ struct Embeddings {
     running: Semaphore,
 }
 
-/// At most this many inputs per embedding request.
-const MAX_EMBED_INPUTS: usize = 64;
-
 impl Embeddings {
     fn new(config: &crate::config::Config) -> Self {
         let e = &config.grounding.embedding;
@@ -863,20 +741,9 @@ impl Embeddings {
     }
 }
 
-/// `input`: a string or an array of strings.
-fn embedding_inputs(value: Option<&Value>, max_bytes: usize) -> Result<Vec<String>, ApiError> {
-    let inputs = match value {
-        Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|v| v.as_str().map(str::to_string))
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| ApiError::bad("`input` must be a string or an array of strings"))?,
-        _ => return Err(ApiError::bad("`input` must be a string or an array of strings")),
-    };
-    if inputs.is_empty() || inputs.len() > MAX_EMBED_INPUTS || inputs.iter().any(String::is_empty) {
-        return Err(ApiError::bad(format!("`input` takes 1 to {MAX_EMBED_INPUTS} non-empty strings")));
-    }
+/// `input` within the size limit of a prompt.
+fn embedding_inputs(request: &EmbeddingsRequest, max_bytes: usize) -> Result<Vec<String>, ApiError> {
+    let inputs = request.inputs()?;
     if let Some(long) = inputs.iter().find(|s| s.len() > max_bytes) {
         return Err(ApiError::new(Rejection::new(
             ErrorCode::TooLong,
@@ -911,13 +778,10 @@ async fn embeddings(req: Request<Incoming>, api: &Api) -> Result<Response<Respon
         api.service.refused(&e.rejection, TRANSPORT);
         e
     };
-    let body = read_json(req, api).await.map_err(refused)?;
-    let inputs = embedding_inputs(body.get("input"), api.service.config().limits.max_prompt_bytes).map_err(refused)?;
-    let as_base64 = match body.get("encoding_format").and_then(Value::as_str) {
-        None | Some("float") => false,
-        Some("base64") => true,
-        Some(_) => return Err(refused(ApiError::bad("`encoding_format` must be \"float\" or \"base64\""))),
-    };
+    let body = read_body(req, api).await.map_err(refused)?;
+    let request: EmbeddingsRequest = openai::decode(&body).map_err(|e| refused(e.into()))?;
+    let inputs = embedding_inputs(&request, api.service.config().limits.max_prompt_bytes).map_err(refused)?;
+    let encoding = request.encoding_format().map_err(|e| refused(e.into()))?;
     if api.service.stop_accepting.is_cancelled() {
         return Err(refused(ApiError::new(Rejection::new(ErrorCode::ShuttingDown, "the daemon is shutting down"))));
     }
@@ -948,70 +812,26 @@ async fn embeddings(req: Request<Incoming>, api: &Api) -> Result<Response<Respon
         Err(_) => return Err(refused(ApiError::new(Rejection::new(ErrorCode::Internal, "internal error")))),
     };
     let tokens: usize = embedded.iter().map(|(_, n)| n).sum();
-    let data: Vec<Value> = embedded
-        .iter()
+    let data = embedded
+        .into_iter()
         .enumerate()
         .map(|(index, (vector, _))| {
-            let embedding = if as_base64 {
-                let bytes: Vec<u8> = vector.iter().flat_map(|f| f.to_le_bytes()).collect();
-                Value::String(base64(&bytes))
-            } else {
-                json!(vector)
+            let embedding = match encoding {
+                EncodingFormat::Float => Vector::Float(vector),
+                EncodingFormat::Base64 => {
+                    let bytes: Vec<u8> = vector.iter().flat_map(|f| f.to_le_bytes()).collect();
+                    Vector::Base64(base64(&bytes))
+                }
             };
-            json!({"object": "embedding", "index": index, "embedding": embedding})
+            Embedding::new(index, embedding)
         })
         .collect();
-    let body = json!({"object": "list", "data": data, "model": model.info().id,
-                      "usage": {"prompt_tokens": tokens, "total_tokens": tokens}});
-    Ok(json_response(StatusCode::OK, &body))
+    Ok(json_response(StatusCode::OK, &EmbeddingList::new(data, &model.info().id, tokens)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn messages_map_onto_system_turns_and_prompt() {
-        let messages = json!([
-            {"role": "system", "content": "Be brief."},
-            {"role": "user", "content": "My name is Ada."},
-            {"role": "assistant", "content": "Hello Ada."},
-            {"role": "user", "content": [{"type": "text", "text": "What is my name?"}]},
-        ]);
-        let (prompt, conversation) = from_messages(&messages, true).unwrap();
-        assert_eq!(prompt, "What is my name?");
-        let c = conversation.unwrap();
-        assert_eq!(c.system.as_deref(), Some("Be brief."));
-        assert_eq!(c.turns, vec![("My name is Ada.".to_string(), "Hello Ada.".to_string())]);
-        let (_, ignored) =
-            from_messages(&json!([{"role": "system", "content": "x"}, {"role": "user", "content": "hi"}]), false)
-                .unwrap();
-        assert!(ignored.is_none(), "system messages ignored when not accepted");
-    }
-
-    #[test]
-    fn bad_messages_are_refused() {
-        for messages in [
-            json!([]),
-            json!("hi"),
-            json!([{"role": "assistant", "content": "hi"}]),
-            json!([{"role": "tool", "content": "x"}, {"role": "user", "content": "hi"}]),
-            json!([{"content": "x"}, {"role": "user", "content": "hi"}]),
-            json!([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]),
-        ] {
-            let e = from_messages(&messages, true).unwrap_err();
-            assert_eq!(e.rejection.code, ErrorCode::BadRequest, "{messages}");
-        }
-    }
-
-    #[test]
-    fn stop_takes_a_string_or_up_to_four() {
-        assert_eq!(stop_strings(Some(&json!("\n"))).unwrap(), vec!["\n"]);
-        assert_eq!(stop_strings(Some(&json!(["a", "b"]))).unwrap().len(), 2);
-        assert!(stop_strings(Some(&json!(["a", "b", "c", "d", "e"]))).is_err());
-        assert!(stop_strings(Some(&json!([""]))).is_err());
-        assert!(stop_strings(Some(&json!(3))).is_err());
-    }
 
     #[test]
     fn base64_matches_the_standard_alphabet_and_padding() {
@@ -1028,8 +848,37 @@ mod tests {
         assert_eq!(status_of(ErrorCode::Busy), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(status_of(ErrorCode::Blocked), StatusCode::BAD_REQUEST);
         assert_eq!(status_of(ErrorCode::ShuttingDown), StatusCode::SERVICE_UNAVAILABLE);
-        let body = error_body(&Rejection::new(ErrorCode::Blocked, "blocked by safety rule `x`"));
+        let rejection = Rejection::new(ErrorCode::Blocked, "blocked by safety rule `x`");
+        let body: serde_json::Value = serde_json::to_value(ErrorResponse::new(&rejection)).unwrap();
         assert_eq!(body["error"]["code"], "blocked");
         assert_eq!(body["error"]["type"], "invalid_request_error");
+    }
+
+    #[test]
+    fn the_prompt_document_is_what_the_protocol_parses() {
+        let (max_tokens, seed) = (Number::from(12), Number::from(-1));
+        let document = PromptDocument {
+            prompt: "Hi",
+            max_tokens: Some(&max_tokens),
+            temperature: Some(0.5),
+            top_p: None,
+            seed: Some(&seed),
+            stream: true,
+        };
+        let limits = edgellm_protocol::ParseLimits { max_prompt_bytes: 100, max_new_tokens: 256 };
+        let parse = |d: &PromptDocument<'_>| {
+            edgellm_protocol::parse_request(openai::to_json(d).as_bytes(), limits, || "r".into())
+        };
+        // A negative seed reaches the protocol as sent, and is refused there by name.
+        let refused = parse(&document).unwrap_err().rejection;
+        assert!(refused.message.contains("`seed`"), "{}", refused.message);
+        let seed = Number::from(7);
+        let Ok(ProtocolRequest::Generate(request)) = parse(&PromptDocument { seed: Some(&seed), ..document }) else {
+            panic!("not parsed")
+        };
+        assert_eq!((request.prompt.as_str(), request.stream), ("Hi", true));
+        assert_eq!(request.params.max_tokens, Some(12));
+        assert_eq!(request.params.temperature, Some(0.5));
+        assert_eq!(request.params.seed, Some(7));
     }
 }
