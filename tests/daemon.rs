@@ -479,7 +479,8 @@ fn blocked_prompt_never_reaches_the_model_and_repeats_come_from_the_cache() {
         client.ask(json!({"id": "r", "prompt": "Repeat exactly: my e-mail is jane.doe@example.org", "max_tokens": 24}));
     assert_eq!(done["event"], "done");
     assert!(!done["text"].as_str().unwrap().contains("jane.doe"));
-    assert_eq!(done["safety"]["input"][0]["kind"], "email");
+    let findings = done["safety"]["input"].as_array().unwrap();
+    assert!(findings.iter().any(|f| f["kind"] == "email" && f["action"] == "redact"), "{done}");
 
     // The same prompt again is answered from the cache, without inference.
     let first = client.ask(json!({"id": "c1", "prompt": "Name a planet.", "max_tokens": 12}));

@@ -104,7 +104,7 @@ fn a_redacted_email_never_reaches_the_model_or_the_answer() {
     let prepared = pipeline.prepare(&engine, PromptInput { prompt, session: Some("r") }).unwrap();
     assert!(!prepared.rendered.contains("jane.doe"), "{}", prepared.rendered);
     assert!(prepared.rendered.contains("[EMAIL]"));
-    assert_eq!(prepared.input_safety.detections[0].rule, "email");
+    assert!(prepared.input_safety.detections.iter().any(|d| d.rule == "email"), "{:?}", prepared.input_safety);
     let text = answer(&mut engine, &mut pipeline, &prepared, Some("r"));
     assert!(!text.contains("jane.doe") && !text.contains("example.org"), "{text}");
     // Nor does it go into the session's memory.

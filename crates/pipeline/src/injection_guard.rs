@@ -41,14 +41,15 @@ impl InjectionGuard {
         Ok(Some(InjectionGuard { vector: vec![0.0; info.dimension] }))
     }
 
-    /// The head's probability that `cleaned` is an attack.
+    /// The head's probability that the prompt whose [`semantic::semantic_input`] is `input`
+    /// is an attack.
     pub fn probability(
         &mut self,
         head: &safety::InjectionHead,
         embedder: &Embedder,
-        cleaned: &str,
+        input: &str,
     ) -> Result<f32, EngineError> {
-        embedder.embed(&semantic::semantic_view(cleaned), &mut self.vector)?;
+        embedder.embed(input, &mut self.vector)?;
         Ok(head.probability(&self.vector))
     }
 
@@ -61,7 +62,12 @@ impl InjectionGuard {
         cleaned: &str,
     ) -> Result<ScanReport, PipelineError> {
         let Some(head) = rules.injection_head() else { return Ok(rules.scan(cleaned)) };
-        let p = self.probability(head, embedder, cleaned)?;
+        // Too short or not prose: the rules alone (their scan skips the reading too), and
+        // no embedding to pay for.
+        let Some(input) = semantic::semantic_input(cleaned, rules.injection_config().semantic_min_words) else {
+            return Ok(rules.scan_prompt(cleaned, None));
+        };
+        let p = self.probability(head, embedder, &input)?;
         Ok(rules.scan_prompt(cleaned, Some(p)))
     }
 }

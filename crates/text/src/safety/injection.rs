@@ -42,6 +42,11 @@ pub struct InjectionConfig {
     /// Below this probability the semantic reading vetoes a narrow cue block (a score under
     /// `block_score + 0.5`, not a template marker): the prompt is flagged instead. 0 = never.
     pub semantic_veto: f32,
+    /// The semantic reading counts (blocks, flags or vetoes) only for a prompt that reads as
+    /// prose with at least this many words: the embedding of a short command ("Continue.",
+    /// "Task 7: summarise the log.") or of a key or a log excerpt says little about intent,
+    /// and the head's probability for it is noise. Shorter prompts get the cue rules alone.
+    pub semantic_min_words: usize,
     /// The fitted head (`model`, `bias`, `weights` lines); unset: the built-in one, fitted on
     /// `config/injection/bank.tsv` for the default embedding model.
     pub head_file: Option<std::path::PathBuf>,
@@ -57,6 +62,7 @@ impl Default for InjectionConfig {
             semantic_block: 0.9,
             semantic_flag: 0.5,
             semantic_veto: 0.2,
+            semantic_min_words: 6,
             head_file: None,
         }
     }

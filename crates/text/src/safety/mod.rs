@@ -385,6 +385,11 @@ impl SafetyRules {
         self.scan_with(text, Some(semantic))
     }
 
+    /// The `[safety.injection]` settings these rules were built with.
+    pub fn injection_config(&self) -> &InjectionConfig {
+        &self.injection_config
+    }
+
     /// The semantic head the caller should embed prompts for, if the layer is on.
     pub fn injection_head(&self) -> Option<&InjectionHead> {
         self.injection_head.as_ref()
@@ -478,7 +483,9 @@ impl SafetyRules {
         }
         let cues = self.injection.assess(text);
         let score = cues.as_ref().map_or(0.0, |a| a.score);
-        let semantic = semantic.filter(|_| self.injection_head.is_some());
+        let semantic = semantic
+            .filter(|_| self.injection_head.is_some())
+            .filter(|_| semantic::semantic_input(text, config.semantic_min_words).is_some());
         let p = semantic.unwrap_or(0.0);
         // A narrow cue block the semantic reading finds plainly ordinary is only flagged.
         let vetoed = semantic.is_some_and(|p| p < config.semantic_veto)
