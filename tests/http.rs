@@ -409,6 +409,14 @@ fn embeddings_are_unit_vectors_of_the_minilm_model() {
     assert!(body["usage"]["prompt_tokens"].as_u64().unwrap() > 10);
     let bad = post(&sock, "/v1/embeddings", &json!({"input": []}));
     assert_eq!(bad.status, 400, "{bad:?}");
+    drop(_daemon);
+
+    // Turned off, the endpoint is not there and its model (in the memory budget) never loads.
+    let (daemon, sock) = start("[http]\nembeddings = false\n");
+    let off = post(&sock, "/v1/embeddings", &json!({"input": "hello"}));
+    assert_eq!(off.status, 404, "{off:?}");
+    assert!(off.json()["error"]["message"].as_str().unwrap().contains("http.embeddings"), "{off:?}");
+    assert!(!daemon.log_text().contains("embedding model loaded for HTTP"));
 }
 
 #[test]

@@ -85,20 +85,22 @@ impl MemoryBudget {
         // layer; it is loaded once for either.
         let i = &config.safety.injection;
         let semantic = config.safety.enabled && i.enabled && i.semantic;
+        let e = &g.embedding;
+        let embedder_dir = e.model_dir.clone().unwrap_or_default();
+        let embedder_bytes = EmbedderManifest::load(&embedder_dir)
+            .ok()
+            .and_then(|m| std::fs::metadata(embedder_dir.join(&m.model_file)).ok())
+            .map(|m| m.len() as f64)
+            .unwrap_or(0.0)
+            * 3.5
+            + e.max_tokens as f64 * embedding_dimension(config) * 4.0 * 32.0;
         if (g.knowledge_dir.is_some() && g.embedding.enabled) || semantic {
-            let e = &g.embedding;
-            let dir = e.model_dir.clone().unwrap_or_default();
-            let file_bytes = EmbedderManifest::load(&dir)
-                .ok()
-                .and_then(|m| std::fs::metadata(dir.join(&m.model_file)).ok())
-                .map(|m| m.len() as f64)
-                .unwrap_or(0.0);
             add(
                 "embedding model",
-                file_bytes * 3.5 + e.max_tokens as f64 * embedding_dimension(config) * 4.0 * 32.0,
+                embedder_bytes,
                 format!(
                     "tract keeps the int8 embedding table and folds the int8 matrices to f32 (x3.5 the file in {}, measured), activations for {} tokens",
-                    dir.display(),
+                    embedder_dir.display(),
                     e.max_tokens
                 ),
             );
@@ -128,6 +130,21 @@ impl MemoryBudget {
                 s.max_connections as f64 * (s.max_line_bytes as f64 + 64.0 * 1024.0),
                 format!("{} connections x (line buffer + reply buffer)", s.max_connections),
             );
+        }
+        if config.http.enabled {
+            let h = &config.http;
+            add(
+                "HTTP clients",
+                h.max_connections as f64 * (h.max_body_bytes as f64 + 64.0 * 1024.0),
+                format!("{} connections x (request body + hyper's read buffer)", h.max_connections),
+            );
+            if h.embeddings {
+                add(
+                    "HTTP embeddings",
+                    embedder_bytes,
+                    "POST /v1/embeddings: a MiniLM instance of its own, loaded on first use".to_string(),
+                );
+            }
         }
         if config.mqtt.enabled {
             let m = &config.mqtt;

@@ -267,6 +267,9 @@ pub struct HttpConfig {
     /// Whether a client's `system` messages replace the configured system prompt (else they
     /// are ignored).
     pub accept_system_messages: bool,
+    /// Serve `POST /v1/embeddings`: it loads a MiniLM instance of its own on first use
+    /// (counted in the memory budget); false answers 404 and never loads it.
+    pub embeddings: bool,
 }
 
 impl Default for HttpConfig {
@@ -279,6 +282,7 @@ impl Default for HttpConfig {
             max_body_bytes: 262_144,
             read_timeout_ms: 10_000,
             accept_system_messages: true,
+            embeddings: true,
         }
     }
 }

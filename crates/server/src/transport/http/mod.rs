@@ -123,6 +123,8 @@ struct Api {
     read_timeout: Duration,
     accept_system: bool,
     embeddings: Embeddings,
+    /// `http.embeddings`.
+    embeddings_on: bool,
 }
 
 /// Serves until the worker is done (during the drain, new requests are answered 503 by the
@@ -139,6 +141,7 @@ pub async fn serve(listeners: Listeners, service: Service) {
         read_timeout: Duration::from_millis(config.read_timeout_ms),
         accept_system: config.accept_system_messages,
         embeddings: Embeddings::new(&settings),
+        embeddings_on: config.embeddings,
     });
     let slots = Arc::new(Semaphore::new(config.max_connections));
     let tracker = TaskTracker::new();
@@ -334,7 +337,10 @@ async fn handle(req: Request<Incoming>, api: &Api, origin: &Origin) -> Response<
         }
         (&Method::POST, "/v1/chat/completions") => complete(req, api, origin, Kind::Chat).await,
         (&Method::POST, "/v1/completions") => complete(req, api, origin, Kind::Text).await,
-        (&Method::POST, "/v1/embeddings") => embeddings(req, api).await,
+        (&Method::POST, "/v1/embeddings") if api.embeddings_on => embeddings(req, api).await,
+        (&Method::POST, "/v1/embeddings") => {
+            Err(ApiError::bad("the embeddings endpoint is off (http.embeddings)").with_status(StatusCode::NOT_FOUND))
+        }
         (_, "/health" | "/metrics" | "/v1/models" | "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings") => {
             Err(ApiError::bad("method not allowed").with_status(StatusCode::METHOD_NOT_ALLOWED))
         }
