@@ -587,18 +587,7 @@ fn socket_activation_hands_over_both_sockets_by_name() {
     let extra = format!("[http]\npath = \"{}\"\n", own_http.display());
     std::fs::write(&config, common::base_config(&dir.path().join("unused.sock"), &extra)).unwrap();
     let log = std::fs::File::create(dir.path().join("log")).unwrap();
-    let mut child = Command::new("systemd-socket-activate")
-        .arg("-l")
-        .arg(&prompt)
-        .arg("-l")
-        .arg(&http)
-        .arg("--fdname=prompt:http")
-        .arg(env!("CARGO_BIN_EXE_edgellm"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .stderr(log)
-        .spawn()
-        .expect("systemd-socket-activate (package systemd)");
+    let mut child = common::socket_activated(&[&prompt, &http], Some("prompt:http"), &config, log);
     common::wait_for(Duration::from_secs(10), || http.exists() && prompt.exists());
     // The first connection starts the daemon; it answers once the model is loaded.
     let models = curl(&http, "GET", "/v1/models", None, &[]);

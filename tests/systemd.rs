@@ -63,15 +63,7 @@ fn socket_activation_uses_the_inherited_socket() {
     let config = dir.path().join("edgellm.toml");
     std::fs::write(&config, common::base_config(&dir.path().join("unused.sock"), "")).unwrap();
     let log = std::fs::File::create(dir.path().join("log")).unwrap();
-    let mut child = Command::new("systemd-socket-activate")
-        .arg("-l")
-        .arg(&socket)
-        .arg(env!("CARGO_BIN_EXE_edgellm"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .stderr(log)
-        .spawn()
-        .expect("systemd-socket-activate (package systemd)");
+    let mut child = common::socket_activated(&[&socket], None, &config, log);
     common::wait_for(Duration::from_secs(10), || socket.exists());
     // The first connection starts the daemon; it answers once the model is loaded.
     let mut client = common::Client::connect(&socket);

@@ -148,6 +148,25 @@ pub fn signal(child: &Child, name: &str) {
     assert!(status.success());
 }
 
+/// `edgellm serve --config CONFIG` started by `systemd-socket-activate` listening on
+/// `sockets` (named `names`, systemd's `FileDescriptorName=`, when given), its log in `log`.
+pub fn socket_activated(sockets: &[&Path], names: Option<&str>, config: &Path, log: std::fs::File) -> Child {
+    let mut command = Command::new("systemd-socket-activate");
+    for socket in sockets {
+        command.arg("-l").arg(socket);
+    }
+    if let Some(names) = names {
+        command.arg(format!("--fdname={names}"));
+    }
+    command
+        .arg(env!("CARGO_BIN_EXE_edgellm"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .stderr(log)
+        .spawn()
+        .expect("systemd-socket-activate (package systemd)")
+}
+
 pub fn wait_for(timeout: Duration, mut ready: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !ready() {
