@@ -85,8 +85,8 @@ fn negated(text: &str) -> bool {
 
 /// The part of the evidence the question asks about: its clauses (split at commas,
 /// semicolons and "and"/"but"/"then") that share the most search terms with the question,
-/// or the whole sentence when none shares any. "The main gate code is 2741 and the control
-/// room door code is 8630" answers a question about the door with its second clause only.
+/// or the whole sentence when none shares any. "The front door code is 4417 and the store
+/// room code is 5093" answers a question about the store room with its second clause only.
 fn asked_clauses<'a>(evidence: &'a str, question: &str) -> Vec<&'a str> {
     let asked: Vec<String> = terms(question).collect();
     let mut clauses: Vec<&str> = Vec::new();
@@ -218,10 +218,10 @@ mod tests {
         let q = "Does the canteen accept cash?";
         assert_eq!(verify("The canteen accepts cash only.", &card, q, "").verdict, Verdict::Unsupported);
         assert_eq!(verify("No, cash is not accepted there.", &card, q, "").verdict, Verdict::Supported);
-        let gate = evidence("The main gate code is 2741 and the control room door code is 8630.");
-        let q = "What is the door code of the control room?";
-        assert_eq!(verify("The door code is 2741.", &gate, q, "").verdict, Verdict::Unsupported, "the other clause's");
-        assert_eq!(verify("It is 8630.", &gate, q, "").verdict, Verdict::Supported);
+        let codes = evidence("The front door code is 4417 and the store room code is 5093.");
+        let q = "What is the code of the store room?";
+        assert_eq!(verify("The code is 4417.", &codes, q, "").verdict, Verdict::Unsupported, "the other clause's");
+        assert_eq!(verify("It is 5093.", &codes, q, "").verdict, Verdict::Supported);
         let claims = evidence("Expense claims must be filed within thirty days.");
         let q = "When are expense claims due?";
         assert_eq!(verify("Within 31 days.", &claims, q, "").verdict, Verdict::Unsupported);
