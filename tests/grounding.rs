@@ -34,8 +34,8 @@ fn data(dir: &str) -> PathBuf {
 
 /// `(question, regex)` columns: the lab set has (kind, fact, question, answer_regex), the
 /// station set (kind, fact, answer_regex, question).
-fn questions(dir: &str, question: usize, regex: usize) -> Vec<Question> {
-    std::fs::read_to_string(data(dir).join("questions.tsv"))
+fn questions(dir: &str, file: &str, question: usize, regex: usize) -> Vec<Question> {
+    std::fs::read_to_string(data(dir).join(file))
         .unwrap()
         .lines()
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
@@ -238,14 +238,20 @@ fn grounded_answers_hold_the_fact_on_both_sets() {
     // Recall's goal test is tests/retrieval.rs; here, through the whole pipeline, the lab set
     // loses one paraphrase ("Will someone guide me when I join?") to the injection guard, and
     // the station set is BELOW THE GOAL (0.914, 0.828): these are regression floors.
-    let sets = [("lab", "retrieval", 2, 3, (0.93, 0.87)), ("station", "grounding_ops", 3, 2, (0.91, 0.82))];
+    // lab-own: questions on the lab's files written after the check was tuned (second clauses,
+    // negations, paraphrases), as a check of the check; it meets the recall goal.
+    let sets = [
+        ("lab", "retrieval", "questions.tsv", 2, 3, (0.93, 0.87)),
+        ("lab-own", "retrieval", "own_questions.tsv", 2, 3, (0.95, 0.9)),
+        ("station", "grounding_ops", "questions.tsv", 3, 2, (0.91, 0.82)),
+    ];
     let mut failures = Vec::new();
     let (mut right, mut total) = (0, 0);
-    for (name, dir, question, regex, floor) in sets {
+    for (name, dir, file, question, regex, floor) in sets {
         if std::env::var("EDGELLM_SET").is_ok_and(|only| only != name) {
             continue;
         }
-        let questions = questions(dir, question, regex);
+        let questions = questions(dir, file, question, regex);
         let mut tally = run_set(name, dir, &questions);
         let (recall, paraphrase_recall, answered) = report(name, &mut tally);
         right += tally.answered[0] + tally.answered[1];

@@ -319,7 +319,8 @@ pub struct Done {
     /// The knowledge chunks put into the prompt.
     pub sources: Vec<SourceRef>,
     /// The answer checked against the best source sentence (`verdict`, `evidence`), when
-    /// knowledge was put into the prompt; absent otherwise.
+    /// knowledge was put into the prompt; absent otherwise. With `append_evidence` (the
+    /// default), an `unsupported` answer's `text` ends with `Source: <evidence>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grounding: Option<GroundingReport>,
     pub entities: Vec<Entity>,

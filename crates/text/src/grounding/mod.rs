@@ -5,11 +5,11 @@
 //!   reported as sources (file and chunk).
 //! - [`DenseIndex`]: the same chunks as unit vectors from a sentence-embedding model, in a
 //!   store preallocated at `max_chunks` × dimension; it finds paraphrases that share no
-//!   keyword. [`fuse`] merges both rankings (reciprocal rank fusion) and remembers which
-//!   retriever found each chunk.
+//!   keyword. [`fuse_weighted`] (the default) or [`fuse`] (reciprocal rank fusion) merges both
+//!   rankings and remembers which retriever found each chunk.
 //! - [`rank_notes`]: the retrieved chunks' sentences ranked against the prompt; the best go
 //!   into the prompt first, and the very best is the evidence [`verify`] checks the answer
-//!   against.
+//!   against (numbers, codes, names, the clause the question asks about, negation).
 //! - [`extract_entities`]: names, places, organisations, dates, numbers, e-mails and URLs in
 //!   the prompt, from rules and a gazetteer built from the knowledge files; they boost
 //!   retrieval and are reported with the answer.
