@@ -5,11 +5,11 @@ use std::time::Instant;
 
 use edgellm_engine::{Engine, FinishReason as EngineFinish, Flow, GenerateRequest, SamplingParams};
 use edgellm_protocol::{Conversation, Done, FinishReason, GenerateParams, SafetyReport, Timings, Usage};
-use edgellm_text::grounding::{AnswerCache, CachedAnswer};
+use edgellm_text::grounding::{self, AnswerCache, CachedAnswer, GroundingReport, Verdict};
 use edgellm_text::postprocess::Guarded;
 use edgellm_text::safety::Finding;
 
-use crate::{Pipeline, PipelineError, PromptInput};
+use crate::{Pipeline, PipelineError, PreparedPrompt, PromptInput};
 
 /// One request as the pipeline needs it.
 #[derive(Debug, Clone, Copy)]
@@ -59,12 +59,14 @@ impl Pipeline {
                 return Err(PipelineError::Cancelled);
             }
             let text = self.finish(&prepared, request.session, &hit.text, false, None);
+            let (text, grounding) = self.checked(&prepared, text, request.stream, sink)?;
             return Ok(Done {
                 text,
                 finish_reason: if hit.cut_by_length { FinishReason::Length } else { FinishReason::Stop },
                 usage: Usage { prompt_tokens: hit.prompt_tokens, completion_tokens: hit.completion_tokens },
                 timings: Timings { total_ms: round1(elapsed_ms(request.admitted)), ..Timings::default() },
                 sources: prepared.sources,
+                grounding,
                 entities: prepared.entities.to_vec(),
                 safety: SafetyReport { input: input_findings, output: hit.output_findings },
                 cached: true,
@@ -121,6 +123,7 @@ impl Pipeline {
             output_findings: output_findings.clone(),
         };
         let text = self.finish(&prepared, request.session, &released, cut_by_length, Some((cache_key, cached)));
+        let (text, grounding) = self.checked(&prepared, text, request.stream, sink)?;
         let t = &generation.timings;
         let total_ms = elapsed_ms(request.admitted);
         let queue_ms = (total_ms - (t.prefill_ms + t.decode_ms + prepared.retrieval_ms)).max(0.0);
@@ -138,6 +141,7 @@ impl Pipeline {
                 reused_prefix_tokens: Some(t.reused_prefix_tokens),
             },
             sources: prepared.sources,
+            grounding,
             entities: prepared.entities.to_vec(),
             safety: SafetyReport { input: input_findings, output: output_findings },
             cached: false,
@@ -160,6 +164,30 @@ fn answer_cache_key(ids: &[u32], sampling: &SamplingParams, max_new_tokens: usiz
     let mut parts: Vec<&[u8]> = vec![&ids, &settings];
     parts.extend(stops.iter().map(|s| s.as_bytes()));
     AnswerCache::key(&parts)
+}
+
+impl Pipeline {
+    /// The answer checked against the best source sentence, when notes were used; an
+    /// `unsupported` answer gets the sentence added after it (`append_evidence`), streamed too,
+    /// so that the streamed text and `done.text` stay the same.
+    fn checked(
+        &self,
+        prepared: &PreparedPrompt,
+        mut text: String,
+        stream: bool,
+        sink: &mut dyn AnswerSink,
+    ) -> Result<(String, Option<GroundingReport>), PipelineError> {
+        let Some(evidence) = &prepared.evidence else { return Ok((text, None)) };
+        let report = grounding::verify(&text, evidence, &prepared.user_text, &prepared.rendered);
+        if report.verdict == Verdict::Unsupported && self.grounding.append_evidence {
+            let addition = format!("{}Source: {}", if text.is_empty() { "" } else { "\n\n" }, report.evidence);
+            if stream && !sink.piece(&addition) {
+                return Err(PipelineError::Cancelled);
+            }
+            text.push_str(&addition);
+        }
+        Ok((text, Some(report)))
+    }
 }
 
 /// Adds a released piece to the answer and streams it; `false` when the receiver is gone.

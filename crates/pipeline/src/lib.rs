@@ -65,6 +65,8 @@ pub struct PreparedPrompt {
     /// The whole rendered prompt (template, history, notes): exactly what the model reads.
     pub rendered: String,
     pub sources: Vec<SourceRef>,
+    /// The best source sentence for the prompt, which the answer is checked against.
+    pub evidence: Option<grounding::Evidence>,
     pub entities: heapless::Vec<Entity, { grounding::MAX_ENTITIES }>,
     pub input_safety: ScanReport,
     /// Time spent finding the knowledge chunks (embedding the prompt included).
@@ -209,7 +211,8 @@ impl Pipeline {
             tracing::info!(
                 chunks = index.len(),
                 embedded,
-                reused = index.len() - embedded,
+                sentences = index.sentence_rows(),
+                reused = (index.len() + index.sentence_rows()).saturating_sub(embedded),
                 ms = started.elapsed().as_millis() as u64,
                 "knowledge embedded"
             );
@@ -358,6 +361,9 @@ impl Pipeline {
             knowledge_tokens += chunk.tokens;
             hits.push(hit);
         }
+        // The prompt's vector is the one `retrieve` just computed.
+        let vectors = self.dense.as_ref().filter(|_| engine.embedder().is_some()).map(|d| (d, &self.query_vector[..]));
+        let notes = grounding::rank_notes(&self.knowledge, &hits, &query, vectors, &self.grounding);
         let retrieval_ms = retrieval_started.elapsed().as_secs_f64() * 1e3;
         let mut history = match (given_turns, input.session) {
             (Some(turns), _) => turns,
@@ -379,7 +385,9 @@ impl Pipeline {
 
         // Render; if the whole is over the limit, drop history, then notes, before giving up.
         loop {
-            let user_turn = self.user_turn(&user_text, &hits);
+            let notes: Vec<grounding::Note> =
+                notes.iter().filter(|n| hits.iter().any(|h| h.chunk == n.chunk)).cloned().collect();
+            let user_turn = grounding::notes_turn(&notes, &user_text, &self.grounding);
             let (rendered, ids) = self.render(engine, system.as_deref(), &history, &user_turn)?;
             if ids.len() <= self.limits.max_prompt_tokens {
                 let shared_prefix_len =
@@ -398,12 +406,17 @@ impl Pipeline {
                         }
                     })
                     .collect();
+                let evidence = notes.first().map(|n| {
+                    let c = &self.knowledge.chunks[n.chunk];
+                    grounding::Evidence { file: c.source.clone(), chunk: c.index, text: n.text.clone() }
+                });
                 return Ok(PreparedPrompt {
                     ids,
                     shared_prefix_len,
                     user_text,
                     rendered,
                     sources,
+                    evidence,
                     entities,
                     input_safety,
                     retrieval_ms,
@@ -433,30 +446,6 @@ impl Pipeline {
         embedder.embed(user_text, &mut self.query_vector)?;
         let vectors = Some((dense, &self.query_vector[..]));
         Ok(grounding::retrieve(&self.knowledge, vectors, query, Retrieval::Hybrid, &self.grounding))
-    }
-
-    /// The user's turn with the retrieved notes before the question. (A format the default
-    /// 135M model follows: it ignores notes placed after the question.)
-    fn user_turn(&self, user_text: &str, hits: &[Hit]) -> String {
-        if hits.is_empty() {
-            return user_text.to_string();
-        }
-        let mut turn = String::from("Information:");
-        for hit in hits {
-            for line in self.knowledge.chunks[hit.chunk].text.lines() {
-                let line = line.trim_start_matches('#').trim();
-                if !line.is_empty() {
-                    turn.push(' ');
-                    turn.push_str(line);
-                    if !line.ends_with(['.', '!', '?', ':']) {
-                        turn.push('.');
-                    }
-                }
-            }
-        }
-        turn.push_str("\n\nQuestion: ");
-        turn.push_str(user_text);
-        turn
     }
 
     /// A guard for the streamed answer; it holds back enough text to catch split spans.

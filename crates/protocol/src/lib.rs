@@ -2,7 +2,7 @@
 //! document per message): requests in, events out. Parsing is strict and every failure maps
 //! to a stable error code; nothing from outside is trusted.
 
-use edgellm_text::grounding::{Entity, SourceRef};
+use edgellm_text::grounding::{Entity, GroundingReport, SourceRef};
 use edgellm_text::safety::Finding;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -318,6 +318,11 @@ pub struct Done {
     pub timings: Timings,
     /// The knowledge chunks put into the prompt.
     pub sources: Vec<SourceRef>,
+    /// The answer checked against the best source sentence (`verdict`, `evidence`), when
+    /// knowledge was put into the prompt; absent otherwise. With `append_evidence` (the
+    /// default), an `unsupported` answer's `text` ends with `Source: <evidence>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grounding: Option<GroundingReport>,
     pub entities: Vec<Entity>,
     pub safety: SafetyReport,
     /// Answered from the answer cache, without inference.
@@ -491,6 +496,7 @@ mod tests {
             usage: Usage { prompt_tokens: 3, completion_tokens: 2 },
             timings: Timings { total_ms: 1.5, ..Timings::default() },
             sources: Vec::new(),
+            grounding: None,
             entities: Vec::new(),
             safety: SafetyReport::default(),
             cached: true,
@@ -500,6 +506,18 @@ mod tests {
         assert_eq!(v["finish_reason"], "length");
         assert_eq!(v["timings"], serde_json::json!({"total_ms": 1.5}));
         assert_eq!(v["safety"], serde_json::json!({"input": [], "output": []}));
+        assert!(v.get("grounding").is_none(), "absent without knowledge");
+        let report = GroundingReport {
+            verdict: edgellm_text::grounding::Verdict::Unsupported,
+            evidence: "Handover is at 08:00.".into(),
+            file: "oncall.md".into(),
+            chunk: 0,
+            unmatched: vec!["9:0".into()],
+        };
+        let grounded = Done { grounding: Some(report), ..done.clone() };
+        let v: Value = serde_json::from_str(&Event::Done(Box::new(grounded)).to_json("r2")).unwrap();
+        assert_eq!(v["grounding"]["verdict"], "unsupported");
+        assert_eq!(v["grounding"]["evidence"], "Handover is at 08:00.");
         let token: Value = serde_json::from_str(&Event::Token("Pa".into()).to_json("r2")).unwrap();
         assert_eq!(token, serde_json::json!({"id": "r2", "event": "token", "text": "Pa"}));
         let unnamed: Value = serde_json::from_str(&error_json(None, &Rejection::new(ErrorCode::TooLong, "x"))).unwrap();

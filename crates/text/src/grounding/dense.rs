@@ -4,10 +4,14 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Entity, GroundingConfig, GroundingError, KnowledgeIndex, terms};
+use super::{Entity, Fusion, GroundingConfig, GroundingError, KnowledgeIndex, terms};
 
 /// Unit-length chunk embeddings in one buffer allocated at its full capacity up front, so the
 /// store never grows after start-up or reload. Row `i` belongs to `KnowledgeIndex::chunks[i]`.
+/// Beside them, the sentences of chunks with more than one (read with the chunk's heading),
+/// in a store of [`SENTENCE_ROWS_PER_CHUNK`] × the capacity: a chunk is as close to a prompt
+/// as its closest row, so a question about one sentence of a section is not diluted by the
+/// others.
 #[derive(Debug)]
 pub struct DenseIndex {
     pub(super) dimension: usize,
@@ -15,7 +19,14 @@ pub struct DenseIndex {
     pub(super) len: usize,
     /// Hash of each row's chunk text, so a reload re-embeds only what changed.
     pub(super) text_hashes: Vec<u64>,
+    /// The sentence rows (none in an index made `with_capacity`).
+    pub(super) sentences: Option<Box<DenseIndex>>,
+    /// Per chunk row: its first sentence row and how many it has.
+    pub(super) sentence_rows: Vec<(u32, u32)>,
 }
+
+/// Sentence rows preallocated per chunk of capacity (on average; a long chunk may use more).
+pub const SENTENCE_ROWS_PER_CHUNK: usize = 3;
 
 /// Writes the embedding of a text into a buffer of the index's dimension.
 pub type EmbedFn<'a> = dyn FnMut(&str, &mut [f32]) -> Result<(), String> + 'a;
@@ -27,11 +38,14 @@ impl DenseIndex {
             vectors: vec![0.0; dimension * capacity],
             len: 0,
             text_hashes: Vec::with_capacity(capacity),
+            sentences: None,
+            sentence_rows: Vec::new(),
         }
     }
 
-    /// Embeds every chunk of `index`; rows whose text is unchanged since `previous` are copied.
-    /// Returns the index and how many chunks were embedded anew.
+    /// Embeds every chunk of `index`, and the sentences of those with several; rows whose text
+    /// is unchanged since `previous` are copied. Returns the index and how many texts (chunks
+    /// and sentences) were embedded anew.
     pub fn build(
         index: &KnowledgeIndex,
         dimension: usize,
@@ -46,13 +60,14 @@ impl DenseIndex {
             .unwrap_or_default();
         let mut embedded = 0;
         for chunk in index.chunks.iter().take(capacity) {
-            let hash = text_hash(&chunk.text);
+            let text = chunk.embedding_text();
+            let hash = text_hash(&text);
             let row = dense.len;
             let target = &mut dense.vectors[row * dimension..(row + 1) * dimension];
             match (reusable.get(&hash), previous) {
                 (Some(&old), Some(p)) => target.copy_from_slice(p.row(old)),
                 _ => {
-                    embed(&chunk.text, target).map_err(|reason| GroundingError::Embedding {
+                    embed(&text, target).map_err(|reason| GroundingError::Embedding {
                         file: chunk.source.clone(),
                         chunk: chunk.index,
                         reason,
@@ -63,7 +78,63 @@ impl DenseIndex {
             dense.text_hashes.push(hash);
             dense.len += 1;
         }
+        // The sentences, while the store has room.
+        let mut store = DenseIndex::with_capacity(dimension, capacity * SENTENCE_ROWS_PER_CHUNK);
+        let old_store = previous.and_then(|p| p.sentences.as_deref()).filter(|p| p.dimension == dimension);
+        let reusable: HashMap<u64, usize> =
+            old_store.map(|p| p.text_hashes.iter().enumerate().map(|(row, h)| (*h, row)).collect()).unwrap_or_default();
+        let room = capacity * SENTENCE_ROWS_PER_CHUNK;
+        dense.sentence_rows = Vec::with_capacity(capacity);
+        for chunk in index.chunks.iter().take(capacity) {
+            let first = store.len as u32;
+            let sentences = super::sentences(&chunk.text);
+            if sentences.len() > 1 {
+                for sentence in sentences {
+                    if store.len >= room {
+                        break;
+                    }
+                    let text = match &chunk.heading {
+                        Some(h) => format!("{h}\n{sentence}"),
+                        None => sentence.to_string(),
+                    };
+                    let hash = text_hash(&text);
+                    let row = store.len;
+                    let target = &mut store.vectors[row * dimension..(row + 1) * dimension];
+                    match (reusable.get(&hash), old_store) {
+                        (Some(&old), Some(p)) => target.copy_from_slice(p.row(old)),
+                        _ => {
+                            embed(&text, target).map_err(|reason| GroundingError::Embedding {
+                                file: chunk.source.clone(),
+                                chunk: chunk.index,
+                                reason,
+                            })?;
+                            embedded += 1;
+                        }
+                    }
+                    store.text_hashes.push(hash);
+                    store.len += 1;
+                }
+            }
+            dense.sentence_rows.push((first, store.len as u32 - first));
+        }
+        dense.sentences = Some(Box::new(store));
         Ok((dense, embedded))
+    }
+
+    /// Cosine similarity of chunk `i` to the unit vector `query`: that of its closest row (the
+    /// chunk's own or one of its sentences'); 0 for a chunk out of range.
+    pub fn similarity(&self, i: usize, query: &[f32]) -> f32 {
+        if i >= self.len || query.len() != self.dimension {
+            return 0.0;
+        }
+        let dot = |row: &[f32]| -> f32 { row.iter().zip(query).map(|(a, b)| a * b).sum() };
+        let mut best = dot(self.row(i));
+        if let (Some(store), Some(&(first, count))) = (&self.sentences, self.sentence_rows.get(i)) {
+            for row in first..first + count {
+                best = best.max(dot(store.row(row as usize)));
+            }
+        }
+        best
     }
 
     fn row(&self, i: usize) -> &[f32] {
@@ -72,6 +143,25 @@ impl DenseIndex {
 
     pub fn len(&self) -> usize {
         self.len
+    }
+
+    /// Cosine similarity of sentence `j` of chunk `i` (in [`super::sentences`] order) to
+    /// `query`, from the sentence store; a chunk of one sentence is its own row.
+    pub fn sentence_similarity(&self, i: usize, j: usize, query: &[f32]) -> f32 {
+        match (&self.sentences, self.sentence_rows.get(i)) {
+            (Some(store), Some(&(first, count))) if (j as u32) < count && query.len() == self.dimension => {
+                store.row((first + j as u32) as usize).iter().zip(query).map(|(a, b)| a * b).sum()
+            }
+            _ if i < self.len && query.len() == self.dimension => {
+                self.row(i).iter().zip(query).map(|(a, b)| a * b).sum()
+            }
+            _ => 0.0,
+        }
+    }
+
+    /// Rows of the sentence store.
+    pub fn sentence_rows(&self) -> usize {
+        self.sentences.as_ref().map_or(0, |s| s.len)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -84,7 +174,10 @@ impl DenseIndex {
 
     /// Bytes held, all allocated at construction.
     pub fn bytes(&self) -> usize {
-        self.vectors.capacity() * 4 + self.text_hashes.capacity() * 8
+        self.vectors.capacity() * 4
+            + self.text_hashes.capacity() * 8
+            + self.sentence_rows.capacity() * 8
+            + self.sentences.as_ref().map_or(0, |s| s.bytes())
     }
 
     /// The `k` rows most similar to the unit vector `query` with at least `min_similarity`,
@@ -95,7 +188,7 @@ impl DenseIndex {
         }
         let mut best: Vec<(usize, f32)> = Vec::with_capacity(k + 1);
         for i in 0..self.len {
-            let score: f32 = self.row(i).iter().zip(query).map(|(a, b)| a * b).sum();
+            let score = self.similarity(i, query);
             if score < min_similarity || best.len() == k && score <= best[k - 1].1 {
                 continue;
             }
@@ -171,7 +264,12 @@ pub fn retrieve(
         (Retrieval::Hybrid, Some((vectors, query))) => {
             let keyword = knowledge.search(terms, candidates);
             let similar = vectors.search(query, candidates, e.min_similarity);
-            fuse(&keyword, &similar, e.rrf_k, top)
+            match e.fusion {
+                Fusion::Rrf => fuse(&keyword, &similar, e.rrf_k, top),
+                Fusion::Weighted => fuse_weighted(&keyword, &similar, e.keyword_weight, top, |chunk| {
+                    (vectors.similarity(chunk, query), knowledge.coverage(terms, chunk))
+                }),
+            }
         }
         _ => as_hits(knowledge.search(terms, top), FoundBy { keyword: true, dense: false }),
     }
@@ -211,6 +309,38 @@ pub fn fuse(keyword: &[(usize, f32)], dense: &[(usize, f32)], rrf_k: f32, top: u
     // Ties (the same rank in one list each) go to the dense side: a keyword match on a common
     // word is likelier to be spurious than a close embedding, and the keyword side's chunk
     // still comes next.
+    hits.sort_by(|a, b| b.score.total_cmp(&a.score).then(b.found_by.dense.cmp(&a.found_by.dense)));
+    hits.truncate(top);
+    hits
+}
+
+/// Weighted fusion: each candidate of either ranking scores `cosine + keyword_weight ×
+/// coverage` (`measure(chunk)` gives both), so a chunk found by keyword alone is judged by its
+/// meaning too, and a keyword match on a common word (low coverage) adds little.
+pub fn fuse_weighted(
+    keyword: &[(usize, f32)],
+    dense: &[(usize, f32)],
+    keyword_weight: f32,
+    top: usize,
+    measure: impl Fn(usize) -> (f32, f32),
+) -> Vec<Hit> {
+    let mut hits: Vec<Hit> = Vec::with_capacity(keyword.len() + dense.len());
+    for (chunk, is_dense) in keyword.iter().map(|k| (k.0, false)).chain(dense.iter().map(|d| (d.0, true))) {
+        match hits.iter_mut().find(|h| h.chunk == chunk) {
+            Some(hit) => {
+                hit.found_by.dense |= is_dense;
+                hit.found_by.keyword |= !is_dense;
+            }
+            None => {
+                let (cosine, coverage) = measure(chunk);
+                hits.push(Hit {
+                    chunk,
+                    score: cosine + keyword_weight * coverage,
+                    found_by: FoundBy { keyword: !is_dense, dense: is_dense },
+                });
+            }
+        }
+    }
     hits.sort_by(|a, b| b.score.total_cmp(&a.score).then(b.found_by.dense.cmp(&a.found_by.dense)));
     hits.truncate(top);
     hits

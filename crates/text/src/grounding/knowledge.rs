@@ -14,11 +14,24 @@ pub struct Chunk {
     /// Path relative to the knowledge directory.
     pub source: String,
     pub index: usize,
+    /// The Markdown heading the chunk sits under, if any: embedded and indexed with the text,
+    /// since a section's heading often names what its lines are about.
+    pub heading: Option<String>,
     pub text: String,
     /// Model tokens in `text`, counted at index time.
     pub tokens: usize,
     terms: Vec<(u32, u16)>,
     length: u32,
+}
+
+impl Chunk {
+    /// What the embedding model reads for the chunk: its heading, then its text.
+    pub fn embedding_text(&self) -> String {
+        match &self.heading {
+            Some(h) => format!("{h}\n{}", self.text),
+            None => self.text.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -94,14 +107,14 @@ impl KnowledgeIndex {
             for phrase in capitalized_phrases(&text) {
                 gazetteer.entry(phrase.to_lowercase()).or_insert(phrase);
             }
-            for (i, chunk_text) in chunk(&text, config.chunk_bytes).into_iter().enumerate() {
+            for (i, (heading, chunk_text)) in chunk(&text, config.chunk_bytes).into_iter().enumerate() {
                 if index.chunks.len() >= config.max_chunks {
                     index.skipped.push(format!("{relative}#{i}: over max_chunks"));
                     break;
                 }
                 let mut counts: HashMap<u32, u16> = HashMap::new();
                 let mut length = 0u32;
-                for term in terms(&chunk_text) {
+                for term in terms(heading.as_deref().unwrap_or("")).chain(terms(&chunk_text)) {
                     let next = index.vocab.len() as u32;
                     let id = *index.vocab.entry(term).or_insert(next);
                     if id as usize == index.doc_freq.len() {
@@ -117,6 +130,7 @@ impl KnowledgeIndex {
                 index.chunks.push(Chunk {
                     source: relative.clone(),
                     index: i,
+                    heading,
                     text: chunk_text,
                     tokens,
                     terms: counts.into_iter().collect(),
@@ -137,6 +151,29 @@ impl KnowledgeIndex {
         }
         index.gazetteer_terms = entries;
         Ok(index)
+    }
+
+    /// The share of the query's term weight (each term's weight × idf) that a chunk's terms
+    /// cover, in 0..=1. A term the knowledge never uses counts as the rarest, so a prompt
+    /// whose words are mostly not in the files covers little of any chunk.
+    pub fn coverage(&self, query: &[(String, f32)], chunk: usize) -> f32 {
+        let Some(c) = self.chunks.get(chunk) else { return 0.0 };
+        let n = self.chunks.len() as f32;
+        let idf = |df: f32| ((n - df + 0.5) / (df + 0.5) + 1.0).ln();
+        let (mut covered, mut total) = (0.0, 0.0);
+        for (t, w) in query {
+            match self.vocab.get(t) {
+                Some(&id) => {
+                    let weight = w * idf(self.doc_freq[id as usize] as f32);
+                    total += weight;
+                    if c.terms.iter().any(|(t, _)| *t == id) {
+                        covered += weight;
+                    }
+                }
+                None => total += w * idf(0.0),
+            }
+        }
+        if total > 0.0 { covered / total } else { 0.0 }
     }
 
     /// The best chunks for weighted query terms (BM25, k1 = 1.2, b = 0.75), best first.
@@ -196,22 +233,29 @@ fn collect_files(dir: &Path, out: &mut Vec<PathBuf>, cap: usize, depth: usize) -
     Ok(())
 }
 
-/// Paragraphs merged up to `target` bytes; a longer paragraph is split at sentence ends.
-fn chunk(text: &str, target: usize) -> Vec<String> {
+/// Paragraphs merged up to `target` bytes; a longer paragraph is split at sentence ends. A
+/// Markdown heading (`# ...`) ends the chunk before it and is carried, not merged, by the
+/// chunks under it, so that one section's lines never share a chunk with the next's.
+fn chunk(text: &str, target: usize) -> Vec<(Option<String>, String)> {
     let mut chunks = Vec::new();
     let mut current = String::new();
-    let flush = |current: &mut String, chunks: &mut Vec<String>| {
+    let mut heading: Option<String> = None;
+    let flush = |current: &mut String, heading: &Option<String>, chunks: &mut Vec<(Option<String>, String)>| {
         let t = current.trim();
         if !t.is_empty() {
-            chunks.push(t.to_string());
+            chunks.push((heading.clone(), t.to_string()));
         }
         current.clear();
     };
-    for paragraph in text.split("\n\n").map(str::trim).filter(|p| !p.is_empty()) {
-        let pieces: Vec<&str> = if paragraph.len() > target { split_sentences(paragraph) } else { vec![paragraph] };
+    let add = |block: &str, current: &mut String, heading: &Option<String>, chunks: &mut Vec<_>| {
+        let block = block.trim();
+        if block.is_empty() {
+            return;
+        }
+        let pieces: Vec<&str> = if block.len() > target { split_sentences(block) } else { vec![block] };
         for piece in pieces {
             if !current.is_empty() && current.len() + piece.len() + 1 > target {
-                flush(&mut current, &mut chunks);
+                flush(current, heading, chunks);
             }
             if !current.is_empty() {
                 current.push('\n');
@@ -223,9 +267,30 @@ fn chunk(text: &str, target: usize) -> Vec<String> {
             }
             current.push_str(&piece[..end]);
         }
+    };
+    for paragraph in text.split("\n\n").map(str::trim).filter(|p| !p.is_empty()) {
+        let mut block_start = 0;
+        let mut offset = 0;
+        for line in paragraph.split_inclusive('\n') {
+            let trimmed = line.trim();
+            if trimmed.starts_with('#') {
+                add(&paragraph[block_start..offset], &mut current, &heading, &mut chunks);
+                flush(&mut current, &heading, &mut chunks);
+                let title = trimmed.trim_start_matches('#').trim();
+                heading = (!title.is_empty()).then(|| title.chars().take(200).collect());
+                block_start = offset + line.len();
+            }
+            offset += line.len();
+        }
+        add(&paragraph[block_start..], &mut current, &heading, &mut chunks);
     }
-    flush(&mut current, &mut chunks);
+    flush(&mut current, &heading, &mut chunks);
     chunks
+}
+
+/// A chunk's sentences (line ends count as sentence ends).
+pub fn sentences(text: &str) -> Vec<&str> {
+    split_sentences(text)
 }
 
 fn split_sentences(text: &str) -> Vec<&str> {
@@ -234,7 +299,9 @@ fn split_sentences(text: &str) -> Vec<&str> {
     for (i, c) in text.char_indices() {
         if matches!(c, '.' | '!' | '?' | '\n') {
             let end = i + c.len_utf8();
-            if text[end..].starts_with(' ') || text[end..].starts_with('\n') || end == text.len() {
+            let at_break =
+                c == '\n' || text[end..].starts_with(' ') || text[end..].starts_with('\n') || end == text.len();
+            if at_break && !(c == '.' && is_abbreviation(&text[start..i])) {
                 out.push(text[start..end].trim());
                 start = end;
             }
@@ -245,4 +312,14 @@ fn split_sentences(text: &str) -> Vec<&str> {
     }
     out.retain(|s| !s.is_empty());
     out
+}
+
+/// Whether the word before a full stop is a title, an initial or a short form ("Dr. Weber",
+/// "J. Smith", "e.g. a pump"), whose stop ends no sentence.
+fn is_abbreviation(before: &str) -> bool {
+    let word = before.rsplit(|c: char| c.is_whitespace() || c == '(').next().unwrap_or("");
+    const SHORT: &[&str] =
+        &["dr", "mr", "mrs", "ms", "prof", "st", "no", "nr", "e.g", "i.e", "approx", "vs", "ca", "cf"];
+    let single_initial = word.chars().count() == 1 && word.chars().all(char::is_uppercase);
+    single_initial || SHORT.contains(&word.to_lowercase().as_str())
 }

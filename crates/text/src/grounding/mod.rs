@@ -5,8 +5,11 @@
 //!   reported as sources (file and chunk).
 //! - [`DenseIndex`]: the same chunks as unit vectors from a sentence-embedding model, in a
 //!   store preallocated at `max_chunks` × dimension; it finds paraphrases that share no
-//!   keyword. [`fuse`] merges both rankings (reciprocal rank fusion) and remembers which
-//!   retriever found each chunk.
+//!   keyword. [`fuse_weighted`] (the default) or [`fuse`] (reciprocal rank fusion) merges both
+//!   rankings and remembers which retriever found each chunk.
+//! - [`rank_notes`]: the retrieved chunks' sentences ranked against the prompt; the best go
+//!   into the prompt first, and the very best is the evidence [`verify`] checks the answer
+//!   against (numbers, codes, names, the clause the question asks about, negation).
 //! - [`extract_entities`]: names, places, organisations, dates, numbers, e-mails and URLs in
 //!   the prompt, from rules and a gazetteer built from the knowledge files; they boost
 //!   retrieval and are reported with the answer.
@@ -23,12 +26,16 @@ mod dense;
 mod entities;
 mod knowledge;
 mod memory;
+mod notes;
+mod verify;
 
 pub use cache::*;
 pub use dense::*;
 pub use entities::*;
 pub use knowledge::*;
 pub use memory::*;
+pub use notes::*;
+pub use verify::*;
 
 /// Entities kept per prompt.
 pub const MAX_ENTITIES: usize = 16;
@@ -45,6 +52,16 @@ pub struct GroundingConfig {
     pub chunk_bytes: usize,
     /// Chunks added to a prompt at most.
     pub top_chunks: usize,
+    /// Sentences of the retrieved chunks ranked against the prompt.
+    pub note_candidates: usize,
+    /// The best-ranked sentences written into the prompt, best first.
+    pub note_sentences: usize,
+    /// Written after the question when notes are given: what to do with them.
+    pub note_instruction: String,
+    /// When the answer is `unsupported`, the evidence sentence is added after it
+    /// ("Source: ..."), streamed like the answer, so the fact reaches the reader even when a
+    /// small model misquotes it.
+    pub append_evidence: bool,
     pub knowledge_token_budget: usize,
     /// Sessions remembered; the least recently used is evicted.
     pub sessions: usize,
@@ -70,8 +87,26 @@ pub struct EmbeddingConfig {
     pub min_similarity: f32,
     /// Candidates each retriever contributes to the fusion.
     pub candidates: usize,
-    /// The reciprocal rank fusion constant: larger flattens the ranks' weights.
+    /// How the keyword and dense rankings are merged.
+    pub fusion: Fusion,
+    /// `weighted` fusion: a chunk scores its cosine similarity to the prompt plus this weight
+    /// times the share of the prompt's keyword weight it covers.
+    pub keyword_weight: f32,
+    /// The reciprocal rank fusion constant (`rrf` fusion): larger flattens the ranks' weights.
     pub rrf_k: f32,
+}
+
+/// How hybrid retrieval merges its two rankings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fusion {
+    /// Every candidate of either retriever is scored by its cosine similarity plus
+    /// `keyword_weight` × its keyword coverage: a keyword match on one common word adds little,
+    /// so it cannot push out a close paraphrase.
+    Weighted,
+    /// Reciprocal rank fusion (the earlier default): ranks only, so any keyword match, however
+    /// weak, counts as much as the best dense one of the same rank.
+    Rrf,
 }
 
 impl Default for EmbeddingConfig {
@@ -82,6 +117,8 @@ impl Default for EmbeddingConfig {
             max_tokens: 128,
             min_similarity: 0.25,
             candidates: 8,
+            fusion: Fusion::Weighted,
+            keyword_weight: 0.2,
             rrf_k: 60.0,
         }
     }
@@ -96,6 +133,10 @@ impl Default for GroundingConfig {
             max_chunks: 2048,
             chunk_bytes: 600,
             top_chunks: 3,
+            note_candidates: 8,
+            note_sentences: 1,
+            note_instruction: "Answer in one short sentence that gives the fact from the information.".into(),
+            append_evidence: true,
             knowledge_token_budget: 256,
             sessions: 64,
             session_bytes: 4096,
@@ -173,14 +214,19 @@ mod tests {
             Ok(())
         };
         let (dense, embedded) = DenseIndex::build(&index, 4, 10, None, &mut embed).unwrap();
-        assert_eq!((dense.len(), embedded), (1, 1));
-        assert_eq!(dense.bytes(), 4 * 10 * 4 + 10 * 8, "the full capacity up front");
+        assert_eq!((dense.len(), dense.sentence_rows(), embedded), (1, 3, 4), "the chunk and its three lines");
+        let sentences = 10 * SENTENCE_ROWS_PER_CHUNK;
+        assert_eq!(dense.bytes(), 4 * 10 * 4 + 10 * 8 + 10 * 8 + 4 * sentences * 4 + sentences * 8, "all up front");
         let (again, embedded) = DenseIndex::build(&index, 4, 10, Some(&dense), &mut embed).unwrap();
         assert_eq!((again.len(), embedded), (1, 0));
         let (_dir2, bigger) = knowledge(&[("a.md", &"word. ".repeat(200))]);
         let (capped, _) = DenseIndex::build(&bigger, 4, 1, None, &mut embed).unwrap();
-        assert_eq!(capped.len(), 1, "never more rows than the capacity");
-        assert_eq!(calls, 2, "one embedding for the first build, none for the rebuild, one for the capped one");
+        assert_eq!(
+            (capped.len(), capped.sentence_rows()),
+            (1, SENTENCE_ROWS_PER_CHUNK),
+            "never more than the capacity"
+        );
+        assert_eq!(calls, 8, "four embeddings for the first build, none for the rebuild, four for the capped one");
     }
 
     #[test]
@@ -210,6 +256,59 @@ mod tests {
         assert_eq!(fuse(&keyword, &[], 60.0, 1).len(), 1);
         let tie = fuse(&[(3, 9.0)], &[(7, 0.5)], 60.0, 2);
         assert_eq!(tie.iter().map(|h| h.chunk).collect::<Vec<_>>(), vec![7, 3], "a tie goes to the dense side");
+    }
+
+    #[test]
+    fn a_heading_starts_a_chunk_and_goes_with_its_lines() {
+        let (_dir, index) = knowledge(&[(
+            "ops.md",
+            "Intro line.\n\n# Key safe\nKeys hang in the key safe. Its code is 5093.\n\n# Parking\nStaff park in bays 1 to 6.\nBay 7 is for Dr. Lloyd.",
+        )]);
+        let chunks: Vec<(Option<&str>, &str)> =
+            index.chunks.iter().map(|c| (c.heading.as_deref(), c.text.as_str())).collect();
+        assert_eq!(
+            chunks,
+            vec![
+                (None, "Intro line."),
+                (Some("Key safe"), "Keys hang in the key safe. Its code is 5093."),
+                (Some("Parking"), "Staff park in bays 1 to 6.\nBay 7 is for Dr. Lloyd."),
+            ]
+        );
+        assert_eq!(index.chunks[1].embedding_text(), "Key safe\nKeys hang in the key safe. Its code is 5093.");
+        assert_eq!(sentences(&index.chunks[2].text), vec!["Staff park in bays 1 to 6.", "Bay 7 is for Dr. Lloyd."]);
+        let query: Vec<(String, f32)> = terms("What is the code of the key safe?").map(|t| (t, 1.0)).collect();
+        assert_eq!(index.search(&query, 1)[0].0, 1, "the heading's words are indexed");
+        assert!(index.coverage(&query, 1) > 0.99, "every term of the query is in the section");
+        assert_eq!(index.coverage(&query, 2), 0.0);
+    }
+
+    #[test]
+    fn weighted_fusion_judges_a_keyword_only_hit_by_its_meaning() {
+        // Chunk 3: a keyword match on one common word, far in meaning; chunk 7: a paraphrase.
+        let measure = |chunk| if chunk == 3 { (0.10, 0.2) } else { (0.55, 0.0) };
+        let hits = fuse_weighted(&[(3, 4.0)], &[(7, 0.55)], 0.3, 1, measure);
+        assert_eq!((hits[0].chunk, hits[0].found_by.retriever()), (7, Retrieval::Dense));
+        // A chunk that covers the whole query wins over a slightly closer one.
+        let measure = |chunk| if chunk == 3 { (0.45, 1.0) } else { (0.55, 0.0) };
+        let hits = fuse_weighted(&[(3, 9.0)], &[(7, 0.55), (3, 0.45)], 0.3, 2, measure);
+        assert_eq!(hits.iter().map(|h| h.chunk).collect::<Vec<_>>(), vec![3, 7]);
+        assert_eq!(hits[0].found_by.retriever(), Retrieval::Hybrid);
+    }
+
+    #[test]
+    fn notes_put_the_best_sentence_first() {
+        let (_dir, index) = knowledge(&[(
+            "alarms.md",
+            "# Alarm A31\nA31 trips above 1.8 mg/l. Close valve DV-3 and phone extension 5120.",
+        )]);
+        let config = GroundingConfig { note_sentences: 1, note_instruction: String::new(), ..Default::default() };
+        let query = query_terms("Which valve do I close on an A31 alarm?", &[]);
+        let hits = [Hit { chunk: 0, score: 1.0, found_by: FoundBy { keyword: true, dense: false } }];
+        let notes = rank_notes(&index, &hits, &query, None, &config);
+        assert_eq!(notes.len(), 2);
+        assert!(notes[0].text.starts_with("Close valve DV-3"), "{notes:?}");
+        let turn = notes_turn(&notes, "Which valve?", &config);
+        assert_eq!(turn, "Information: Close valve DV-3 and phone extension 5120.\n\nQuestion: Which valve?");
     }
 
     #[test]
