@@ -517,3 +517,31 @@ fn attacks_and_ordinary_messages_never_seen_meet_the_goals() {
     assert!(t.recall() >= 0.95, "recall {:.3}", t.recall());
     assert!(t.false_block_rate() <= 0.01, "false blocks {:.3}", t.false_block_rate());
 }
+
+/// The questions of the grounding evaluations were written to test retrieval, not the
+/// injection detector: ordinary questions about a lab and a pumping station (rota, alarms,
+/// codes, parking) that no one tuned the detector on. At most 1% of them may be blocked.
+#[test]
+fn questions_written_for_the_grounding_evaluations_are_not_blocked() {
+    let mut screen = Screen::new();
+    let sets = [
+        (include_str!("data/retrieval/questions.tsv"), 2),
+        (include_str!("data/retrieval/own_questions.tsv"), 2),
+        (include_str!("data/grounding_ops/questions.tsv"), 3),
+    ];
+    let (mut asked, mut blocked, mut flagged) = (0, Vec::new(), 0);
+    for (tsv, column) in sets {
+        for line in tsv.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+            let question = line.split('\t').nth(column).expect("a question column");
+            asked += 1;
+            match screen.outcome(question) {
+                Outcome::Blocked => blocked.push(question),
+                Outcome::Flagged => flagged += 1,
+                Outcome::Passed => {}
+            }
+        }
+    }
+    println!("grounding questions: {asked} asked, {} blocked {blocked:?}, {flagged} flagged", blocked.len());
+    assert!(asked >= 100, "the sets are there");
+    assert!(blocked.len() * 100 <= asked, "{} of {asked} blocked: {blocked:?}", blocked.len());
+}
