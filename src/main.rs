@@ -55,6 +55,11 @@ fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Generate { prompt, config, model_dir, max_tokens, temperature, seed, stats } => {
             let config = cli::load_config(config.as_deref()).map_err(bad_config)?;
+            // The terminal gets the answer only, unless RUST_LOG asks for the engine's log
+            // (tools/arm.sh reads the load phases from it).
+            if std::env::var_os("RUST_LOG").is_some() {
+                cli::init_logging(&config.logging.level);
+            }
             let mut engine = Engine::load(config.engine_options(model_dir.as_deref())).map_err(model_load)?;
             cli::generate(&config, &mut engine, &prompt, max_tokens, temperature, seed, stats).map_err(runtime_err)
         }

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The part of the ARM stage that CI runs on every run today: the kernels crate (NEON 4-bit
-# product and attention, Isa detection, the spin team) cross-built for aarch64 with Debian's
-# Rust, clippy-clean, and its tests against the scalar reference under user-mode QEMU on two
-# CPUs: QEMU's default (NEON with dotprod) and cortex-a72 (plain NEON). The kernels crate has
-# no tract dependency, so this takes minutes, where the whole daemon (tools/arm.sh, `make
-# arm`) takes most of an hour on two cores and has not yet run end to end here.
+# A quick loop for kernel work: the kernels crate (NEON 4-bit product and attention, Isa
+# detection, the spin team) cross-built for aarch64 with Debian's Rust, clippy-clean, and its
+# tests against the scalar reference under user-mode QEMU on two CPUs: QEMU's default (NEON
+# with dotprod) and cortex-a72 (plain NEON). The kernels crate has no tract dependency, so
+# this takes minutes from cold. CI runs the whole stage instead (tools/arm.sh), which runs
+# these tests too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cache="${EDGELLM_CACHE:-$HOME/.cache/edgellm}"

@@ -24,13 +24,25 @@ targets=("$@")
 
 say() { echo "[arm] $*"; }
 started=$SECONDS
+# CPU seconds (user + system) used by the commands this shell has waited for: on a shared
+# machine the wall time says how busy it was, the CPU time what the stage costs.
+cpu_file=$(mktemp)
+trap 'rm -f "$cpu_file"' EXIT
+cpu=0
+cpu_now() { # sets cpu; `times` must run in this shell, not in a $(…) subshell
+  times >"$cpu_file"
+  cpu=$(tail -1 "$cpu_file" | awk '{ t = 0; for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); t += a[1] * 60 + a[2] } printf "%d", t }')
+}
 timed() { # label command...
-  local t0=$SECONDS
+  local t0=$SECONDS c0
+  cpu_now
+  c0=$cpu
   "${@:2}"
-  say "$1: $((SECONDS - t0)) s"
+  cpu_now
+  say "$1: $((SECONDS - t0)) s ($((cpu - c0)) s CPU, load $(cut -d' ' -f1 /proc/loadavg))"
 }
 
-tools/arm-deps.sh
+timed "deps" tools/arm-deps.sh
 
 # Debian's toolchain, not rustup's: its standard libraries are the ones installed for arm64
 # and armhf. No `-L` for qemu-aarch64: with it, QEMU pairs the cross package's loader with
@@ -80,19 +92,26 @@ check_deb() { # triple debian-arch elf-machine
     ./usr/share/edgellm/models/smollm2/tokenizer.json ./usr/share/edgellm/models/minilm/model.onnx; do
     grep -q " $path\$" <<<"$listing" || { say "$deb lacks $path"; return 1; }
   done
-  # ELF e_machine (bytes 18-19, little-endian) of the packaged binary.
+  # ELF e_machine (bytes 18-19, little-endian) of the packaged binary. Unpacked to a file, not
+  # piped into `head`: under pipefail the early close kills dpkg-deb with SIGPIPE.
   local elf
-  elf=$(dpkg-deb --fsys-tarfile "$deb" | tar -xO ./usr/bin/edgellm | head -c 20 | od -An -tu2 -j18 | tr -d ' ')
+  dpkg-deb -x "$deb" "$out/root"
+  elf=$(od -An -tu2 -j18 -N2 "$out/root/usr/bin/edgellm" | tr -d ' ')
   [ "$elf" = "$machine" ] || { say "$deb: usr/bin/edgellm is ELF machine $elf, not $machine"; return 1; }
-  say "$deb: Architecture $arch, ELF machine $machine, binary, units, config and models present"
+  say "$deb: Architecture $arch, ELF machine $machine, binary, units, config and models present; Depends: $(dpkg-deb -f "$deb" Depends)"
   rm -rf "$out"
 }
 
+# The build is `cargo test --no-run`, which builds the daemon binary too (for the integration
+# test), not `cargo build`: the tests' dev-dependencies switch on one more feature of a crate
+# under tract-nnef (tempfile asks rustix for "default"), so a `cargo build` followed by the tests
+# compiled tract-nnef, tract-onnx, tract-transformers and the engine twice. The binary that runs
+# the real model and goes into the .deb is therefore built with the tests' feature set.
 aarch64() {
   local t=aarch64-unknown-linux-gnu
   export CARGO_TARGET_DIR="$target_root"
   timed "aarch64 clippy" nice -n 10 $cargo clippy --profile $profile --locked --target $t --workspace --all-targets -- -D warnings
-  timed "aarch64 build" nice -n 10 $cargo build --profile $profile --locked --target $t --workspace --bins
+  timed "aarch64 build" nice -n 10 $cargo test --no-run --profile $profile --locked --target $t --workspace --lib --bins --test tiny
   for cpu in max cortex-a72; do
     say "aarch64 unit tests and the tiny model's golden tokens, QEMU_CPU=$cpu"
     QEMU_CPU=$cpu timed "aarch64 tests ($cpu)" nice -n 10 \
@@ -105,7 +124,11 @@ aarch64() {
     say "the real model under QEMU: What is the capital of France?"
     local answer log
     log=$(mktemp)
-    answer=$(RUST_LOG=edgellm_engine=debug timed "aarch64 real model" qemu-aarch64-static \
+    # The compiled-model cache of the QEMU run lives beside the build, not in ~/.cache/edgellm:
+    # there the x86 binary's cache would be thrown out and rewritten on every run.
+    mkdir -p "$CARGO_TARGET_DIR/$t/model-cache"
+    answer=$(RUST_LOG=edgellm_engine=debug CACHE_DIRECTORY="$CARGO_TARGET_DIR/$t/model-cache" \
+      timed "aarch64 real model" qemu-aarch64-static \
       "$CARGO_TARGET_DIR/$t/$profile/edgellm" generate --model-dir "$real_model" --max-tokens 24 --stats \
       "What is the capital of France?" 2>"$log") || { cat "$log"; return 1; }
     say "answer: $answer"
@@ -122,7 +145,7 @@ armv7() {
   local t=armv7-unknown-linux-gnueabihf
   export CARGO_TARGET_DIR="$target_root-armv7"
   timed "armv7 clippy" nice -n 10 $cargo clippy --profile $profile --locked --target $t --workspace --all-targets -- -D warnings
-  timed "armv7 build" nice -n 10 $cargo build --profile $profile --locked --target $t --workspace --bins
+  timed "armv7 build" nice -n 10 $cargo test --no-run --profile $profile --locked --target $t --workspace --lib --bins --test tiny
   timed "armv7 tests" nice -n 10 $cargo test --profile $profile --locked --target $t --workspace --lib --bins --test tiny
   timed "armhf .deb" check_deb $t armhf 40
 }

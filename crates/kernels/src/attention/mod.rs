@@ -36,9 +36,12 @@ pub struct Head<'a> {
 #[derive(Default)]
 pub struct Scratch {
     scores: Vec<f32>,
+    /// Only the SIMD paths transpose keys; 32-bit ARM and others have the reference alone.
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     keys_t: Vec<f32>,
     /// Which keys `keys_t` holds (their address and length in the op's input), so that the
     /// query heads of a group, which share them, transpose them once.
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     keys_t_of: Option<(usize, usize)>,
 }
 
