@@ -73,15 +73,16 @@ real_model="$root/models/smollm2"
 
 # `cargo deb` on the cross build, then the checks: architecture, binary for that machine,
 # units, config and model.
-check_deb() { # triple debian-arch elf-machine
-  local triple=$1 arch=$2 machine=$3 out deb
+check_deb() { # triple debian-arch elf-machine [cargo-deb variant]
+  local triple=$1 arch=$2 machine=$3 variant=${4:-} out deb
   out=$(mktemp -d)
   deb="$out/edgellm_$arch.deb"
   if [ ! -f "$real_model/model.onnx" ]; then
     say "no prepared model in $real_model (make model): the .deb is not built"
     return 1
   fi
-  $cargo deb --no-build --target "$triple" --profile "$profile" --fast --output "$deb" >/dev/null
+  $cargo deb --no-build --target "$triple" --profile "$profile" --fast ${variant:+--variant "$variant"} \
+    --output "$deb" >/dev/null
   local got
   got=$(dpkg-deb -f "$deb" Architecture)
   [ "$got" = "$arch" ] || { say "$deb: Architecture is $got, not $arch"; return 1; }
@@ -98,7 +99,14 @@ check_deb() { # triple debian-arch elf-machine
   dpkg-deb -x "$deb" "$out/root"
   elf=$(od -An -tu2 -j18 -N2 "$out/root/usr/bin/edgellm" | tr -d ' ')
   [ "$elf" = "$machine" ] || { say "$deb: usr/bin/edgellm is ELF machine $elf, not $machine"; return 1; }
-  say "$deb: Architecture $arch, ELF machine $machine, binary, units, config and models present; Depends: $(dpkg-deb -f "$deb" Depends)"
+  # The glibc the package asks for covers the newest GLIBC_ symbol version the binary uses.
+  local depends needed declared
+  depends=$(dpkg-deb -f "$deb" Depends)
+  needed=$(readelf -V "$out/root/usr/bin/edgellm" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -V | tail -1)
+  declared=$(grep -o 'libc6[^,]*(>= [0-9.]*)' <<<"$depends" | grep -o '[0-9][0-9.]*' | tail -1)
+  [ -n "$declared" ] && dpkg --compare-versions "$needed" le "$declared" ||
+    { say "$deb: the binary needs glibc $needed, Depends says: $depends"; return 1; }
+  say "$deb: Architecture $arch, ELF machine $machine, binary, units, config and models present; Depends: $depends (the binary needs glibc $needed)"
   rm -rf "$out"
 }
 
@@ -147,7 +155,7 @@ armv7() {
   timed "armv7 clippy" nice -n 10 $cargo clippy --profile $profile --locked --target $t --workspace --all-targets -- -D warnings
   timed "armv7 build" nice -n 10 $cargo test --no-run --profile $profile --locked --target $t --workspace --lib --bins --test tiny
   timed "armv7 tests" nice -n 10 $cargo test --profile $profile --locked --target $t --workspace --lib --bins --test tiny
-  timed "armhf .deb" check_deb $t armhf 40
+  timed "armhf .deb" check_deb $t armhf 40 armhf
 }
 
 for target in "${targets[@]}"; do
