@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Entity, Fusion, GroundingConfig, GroundingError, KnowledgeIndex, terms};
+use super::{Chunk, Entity, Fusion, GroundingConfig, GroundingError, KnowledgeIndex, terms};
 
 /// Unit-length chunk embeddings in one buffer allocated at its full capacity up front, so the
 /// store never grows after start-up or reload. Row `i` belongs to `KnowledgeIndex::chunks[i]`.
@@ -61,22 +61,7 @@ impl DenseIndex {
         let mut embedded = 0;
         for chunk in index.chunks.iter().take(capacity) {
             let text = chunk.embedding_text();
-            let hash = text_hash(&text);
-            let row = dense.len;
-            let target = &mut dense.vectors[row * dimension..(row + 1) * dimension];
-            match (reusable.get(&hash), previous) {
-                (Some(&old), Some(p)) => target.copy_from_slice(p.row(old)),
-                _ => {
-                    embed(&text, target).map_err(|reason| GroundingError::Embedding {
-                        file: chunk.source.clone(),
-                        chunk: chunk.index,
-                        reason,
-                    })?;
-                    embedded += 1;
-                }
-            }
-            dense.text_hashes.push(hash);
-            dense.len += 1;
+            embedded += usize::from(dense.push_row(&text, &reusable, previous, embed, chunk)?);
         }
         // The sentences, while the store has room.
         let mut store = DenseIndex::with_capacity(dimension, capacity * SENTENCE_ROWS_PER_CHUNK);
@@ -97,22 +82,7 @@ impl DenseIndex {
                         Some(h) => format!("{h}\n{sentence}"),
                         None => sentence.to_string(),
                     };
-                    let hash = text_hash(&text);
-                    let row = store.len;
-                    let target = &mut store.vectors[row * dimension..(row + 1) * dimension];
-                    match (reusable.get(&hash), old_store) {
-                        (Some(&old), Some(p)) => target.copy_from_slice(p.row(old)),
-                        _ => {
-                            embed(&text, target).map_err(|reason| GroundingError::Embedding {
-                                file: chunk.source.clone(),
-                                chunk: chunk.index,
-                                reason,
-                            })?;
-                            embedded += 1;
-                        }
-                    }
-                    store.text_hashes.push(hash);
-                    store.len += 1;
+                    embedded += usize::from(store.push_row(&text, &reusable, old_store, embed, chunk)?);
                 }
             }
             dense.sentence_rows.push((first, store.len as u32 - first));
@@ -135,6 +105,38 @@ impl DenseIndex {
             }
         }
         best
+    }
+
+    /// Appends the vector of `text` (of `chunk`): the row of `previous` that held the same
+    /// text (`reusable`: text hash to row), else a new embedding. Returns whether it embedded.
+    fn push_row(
+        &mut self,
+        text: &str,
+        reusable: &HashMap<u64, usize>,
+        previous: Option<&DenseIndex>,
+        embed: &mut EmbedFn<'_>,
+        chunk: &Chunk,
+    ) -> Result<bool, GroundingError> {
+        let hash = text_hash(text);
+        let row = self.len;
+        let target = &mut self.vectors[row * self.dimension..(row + 1) * self.dimension];
+        let embedded = match (reusable.get(&hash), previous) {
+            (Some(&old), Some(p)) => {
+                target.copy_from_slice(p.row(old));
+                false
+            }
+            _ => {
+                embed(text, target).map_err(|reason| GroundingError::Embedding {
+                    file: chunk.source.clone(),
+                    chunk: chunk.index,
+                    reason,
+                })?;
+                true
+            }
+        };
+        self.text_hashes.push(hash);
+        self.len += 1;
+        Ok(embedded)
     }
 
     fn row(&self, i: usize) -> &[f32] {
