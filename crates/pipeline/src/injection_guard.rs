@@ -15,6 +15,9 @@ use crate::PipelineError;
 #[derive(Debug)]
 pub struct InjectionGuard {
     vector: Vec<f32>,
+    /// The text `vector` is the embedding of (empty when this request's prompt was not
+    /// embedded), so that retrieval reuses it for the same text instead of a second pass.
+    embedded: String,
 }
 
 impl InjectionGuard {
@@ -38,7 +41,7 @@ impl InjectionGuard {
                 ),
             }));
         }
-        Ok(Some(InjectionGuard { vector: vec![0.0; info.dimension] }))
+        Ok(Some(InjectionGuard { vector: vec![0.0; info.dimension], embedded: String::new() }))
     }
 
     /// The head's probability that the prompt whose [`semantic::semantic_input`] is `input`
@@ -53,6 +56,11 @@ impl InjectionGuard {
         Ok(head.probability(&self.vector))
     }
 
+    /// The embedding of `text` if the last [`InjectionGuard::screen`] computed it.
+    pub fn embedding_of(&self, text: &str) -> Option<&[f32]> {
+        (!text.is_empty() && self.embedded == text).then_some(&self.vector[..])
+    }
+
     /// The safety report of a cleaned prompt: the rules with the semantic layer's reading
     /// beside them (always taken: it can veto a narrow cue block as well as add one).
     pub fn screen(
@@ -61,6 +69,7 @@ impl InjectionGuard {
         embedder: &Embedder,
         cleaned: &str,
     ) -> Result<ScanReport, PipelineError> {
+        self.embedded.clear();
         let Some(head) = rules.injection_head() else { return Ok(rules.scan(cleaned)) };
         // Too short or not prose: the rules alone (their scan skips the reading too), and
         // no embedding to pay for.
@@ -68,6 +77,7 @@ impl InjectionGuard {
             return Ok(rules.scan_prompt(cleaned, None));
         };
         let p = self.probability(head, embedder, &input)?;
+        self.embedded = input;
         Ok(rules.scan_prompt(cleaned, Some(p)))
     }
 }

@@ -443,7 +443,14 @@ impl Pipeline {
         if self.knowledge.chunks.is_empty() {
             return Ok(Vec::new());
         }
-        embedder.embed(user_text, &mut self.query_vector)?;
+        // The injection guard has often just embedded this very text (no redaction, no
+        // disguise): one model pass per prompt, not two.
+        match self.injection_guard.as_ref().and_then(|g| g.embedding_of(user_text)) {
+            Some(vector) => self.query_vector.copy_from_slice(vector),
+            None => {
+                embedder.embed(user_text, &mut self.query_vector)?;
+            }
+        }
         let vectors = Some((dense, &self.query_vector[..]));
         Ok(grounding::retrieve(&self.knowledge, vectors, query, Retrieval::Hybrid, &self.grounding))
     }
