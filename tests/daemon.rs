@@ -571,7 +571,8 @@ fn a_paraphrased_question_gets_the_fact_through_dense_retrieval() {
     assert_eq!(sources[0]["file"], "lab.md", "{sources:?}");
     assert_eq!(sources[0]["retriever"], "dense", "found by meaning, not by keyword");
     assert!(done["text"].as_str().unwrap().contains("4417"), "answer: {}", done["text"]);
-    assert!(done["timings"]["retrieval_ms"].as_f64().unwrap() > 0.0);
+    // Timed, though it may round to 0.0 ms: the prompt's vector is the injection detector's.
+    assert!(done["timings"]["retrieval_ms"].as_f64().is_some_and(|ms| ms >= 0.0), "{done}");
     assert!(log.contains("knowledge embedded"), "{log}");
 
     // Switched off (and the injection detector's semantic layer, which loads the model too):
