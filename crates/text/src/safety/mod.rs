@@ -380,7 +380,8 @@ impl SafetyRules {
     }
 
     /// [`SafetyRules::scan`] with the semantic layer's reading of the prompt: `semantic` is
-    /// the head's probability for the embedding of [`semantic::semantic_view`] of `text`.
+    /// the head's probability for the embedding of [`semantic::semantic_input`] of `text`,
+    /// `None` when that gave no input (too short, not prose): the prompt is left to the cues.
     pub fn scan_prompt(&self, text: &str, semantic: Option<f32>) -> ScanReport {
         self.scan_with(text, Some(semantic))
     }
@@ -483,9 +484,9 @@ impl SafetyRules {
         }
         let cues = self.injection.assess(text);
         let score = cues.as_ref().map_or(0.0, |a| a.score);
-        let semantic = semantic
-            .filter(|_| self.injection_head.is_some())
-            .filter(|_| semantic::semantic_input(text, config.semantic_min_words).is_some());
+        // The caller passes a probability only for a prompt that reads as prose
+        // (`semantic::semantic_input`); checked there once, not again here.
+        let semantic = semantic.filter(|_| self.injection_head.is_some());
         let p = semantic.unwrap_or(0.0);
         // A narrow cue block the semantic reading finds plainly ordinary is only flagged.
         let vetoed = semantic.is_some_and(|p| p < config.semantic_veto)
