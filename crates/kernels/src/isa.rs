@@ -1,7 +1,7 @@
 //! Which SIMD path the kernels take, decided once per process.
 //!
-//! The CPU's features are read at first use; `EDGELLM_ISA` (`scalar`, `avx2`, `avx512`, `neon`,
-//! `dotprod`) may lower the choice, never raise it above what the CPU runs, so that CI on an
+//! The CPU's features are read at first use; `EDGELLM_ISA` (`scalar`, `avx2`, `avx512`,
+//! `avx512vnni`, `neon`, `dotprod`) may lower the choice, never raise it above what the CPU runs, so that CI on an
 //! AVX-512 machine can check the AVX2 and portable paths against the golden tokens too.
 
 use std::sync::OnceLock;
@@ -12,10 +12,17 @@ use std::sync::OnceLock;
 pub enum Isa {
     /// No fused kernel: tract's own ops, and the scalar references in tests.
     Scalar,
-    /// x86_64 with AVX2, FMA and F16C: the one-token 4-bit product.
+    /// x86_64 with AVX2, FMA and F16C: the one-token 4-bit product, on activations rounded
+    /// to 16 bits ([`Isa::rounds_activations`]).
     Avx2,
-    /// x86_64 with AVX-512F on top of AVX2: every fused kernel.
+    /// x86_64 with AVX-512F on top of AVX2: every fused kernel, in f32.
     Avx512,
+    /// AVX-512 with VNNI and VBMI: the 4-bit products take the activations rounded to 16 bits
+    /// per block of 32 (`vpdpwssd`, twice the products per instruction of f32 FMA); a
+    /// rounding error near 1.5e-5 of the block's largest value, far below what moves a greedy
+    /// token (the golden tests run on it). 8 bits (`vpdpbusd`, as llama.cpp) would double it
+    /// again but round at 4e-3, which does change answers.
+    Avx512Vnni,
     /// aarch64 with NEON (every aarch64 CPU): every fused kernel, in f32.
     Neon,
     /// aarch64 with the dot-product extension (`sdot`): detected and reported, and runs the
@@ -54,7 +61,10 @@ impl Isa {
                 && std::is_x86_feature_detected!("fma")
                 && std::is_x86_feature_detected!("f16c");
             if avx2 && std::is_x86_feature_detected!("avx512f") {
-                return Isa::Avx512;
+                let vnni = std::is_x86_feature_detected!("avx512bw")
+                    && std::is_x86_feature_detected!("avx512vnni")
+                    && std::is_x86_feature_detected!("avx512vbmi");
+                return if vnni { Isa::Avx512Vnni } else { Isa::Avx512 };
             }
             if avx2 {
                 return Isa::Avx2;
@@ -79,7 +89,7 @@ impl Isa {
     fn arch(self) -> u8 {
         match self {
             Isa::Scalar => 0,
-            Isa::Avx2 | Isa::Avx512 => 1,
+            Isa::Avx2 | Isa::Avx512 | Isa::Avx512Vnni => 1,
             Isa::Neon | Isa::NeonDotprod => 2,
         }
     }
@@ -89,6 +99,7 @@ impl Isa {
             "scalar" | "portable" => Isa::Scalar,
             "avx2" => Isa::Avx2,
             "avx512" => Isa::Avx512,
+            "avx512vnni" | "vnni" => Isa::Avx512Vnni,
             "neon" => Isa::Neon,
             "dotprod" | "neon-dotprod" => Isa::NeonDotprod,
             _ => return None,
@@ -100,6 +111,7 @@ impl Isa {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
             Isa::Avx512 => "avx512",
+            Isa::Avx512Vnni => "avx512vnni",
             Isa::Neon => "neon",
             Isa::NeonDotprod => "dotprod",
         }
@@ -107,17 +119,24 @@ impl Isa {
 
     /// The one-token 4-bit product has a fused kernel.
     pub fn fused_q4_decode(self) -> bool {
-        matches!(self, Isa::Avx2 | Isa::Avx512 | Isa::Neon | Isa::NeonDotprod)
+        matches!(self, Isa::Avx2 | Isa::Avx512 | Isa::Avx512Vnni | Isa::Neon | Isa::NeonDotprod)
     }
 
     /// Prompt chunks (several columns) have a fused 4-bit kernel.
     pub fn fused_q4_chunks(self) -> bool {
-        matches!(self, Isa::Avx512 | Isa::Neon | Isa::NeonDotprod)
+        matches!(self, Isa::Avx512 | Isa::Avx512Vnni | Isa::Neon | Isa::NeonDotprod)
+    }
+
+    /// The 4-bit products round the activations to 16 bits per block ([`crate::q4::Quantized`]):
+    /// integer multiply-adds, twice as many per instruction as f32 (AVX2's `vpmaddwd`,
+    /// AVX-512's `vpdpwssd`). NEON's `smlal` would do no more per instruction than its f32 FMA.
+    pub fn rounds_activations(self) -> bool {
+        matches!(self, Isa::Avx2 | Isa::Avx512Vnni)
     }
 
     /// The fused attention has a kernel.
     pub fn fused_attention(self) -> bool {
-        matches!(self, Isa::Avx512 | Isa::Neon | Isa::NeonDotprod)
+        matches!(self, Isa::Avx512 | Isa::Avx512Vnni | Isa::Neon | Isa::NeonDotprod)
     }
 }
 
@@ -127,12 +146,13 @@ mod tests {
 
     #[test]
     fn names_round_trip_and_lower_paths_are_runnable() {
-        for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon, Isa::NeonDotprod] {
+        for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Avx512Vnni, Isa::Neon, Isa::NeonDotprod] {
             assert_eq!(Isa::from_name(isa.name()), Some(isa));
             assert!(isa.runs(Isa::Scalar));
             assert!(isa.runs(isa));
         }
         assert!(Isa::Avx512.runs(Isa::Avx2));
+        assert!(Isa::Avx512Vnni.runs(Isa::Avx512) && !Isa::Avx512.runs(Isa::Avx512Vnni));
         assert!(!Isa::Avx2.runs(Isa::Avx512));
         assert!(!Isa::Avx512.runs(Isa::Neon));
         assert!(Isa::NeonDotprod.runs(Isa::Neon));

@@ -9,8 +9,8 @@
 //! GGML blocks; the engine checks that tract packs the same.
 //!
 //! Paths: [`reference`] (value by value, every CPU), `x86` (AVX2 for one column, AVX-512 for
-//! one or several), `aarch64` (NEON for one or several). [`product`] dispatches on the
-//! [`Isa`] it is given.
+//! one or several; with VNNI, on activations rounded to 16 bits per block, [`Quantized`]),
+//! `aarch64` (NEON for one or several). [`product`] dispatches on the [`Isa`] it is given.
 
 use std::borrow::Cow;
 
@@ -149,6 +149,83 @@ impl<'a> Columns<'a> {
     }
 }
 
+/// Activations rounded to 16 bits, per block of 32 values of each column: `value = q *
+/// scale`, with `scale = max |x| / 32767`, so the rounding error is at most 1.5e-5 of the
+/// block's largest value. The integer products of a block are exact; each block's sum of `q`
+/// carries the nibbles' offset of 8, as `block_sums` does for f32.
+pub struct Quantized {
+    n: usize,
+    k: usize,
+    /// `n` rows of `k`.
+    values: Vec<i16>,
+    /// Per column, per block.
+    scales: Vec<f32>,
+    /// Per column, per block: the sum of the block's `q`.
+    sums: Vec<i32>,
+}
+
+impl Quantized {
+    /// The columns, rounded block by block.
+    pub fn new(columns: &Columns) -> Quantized {
+        let (n, k) = (columns.n, columns.k);
+        let blocks = k / BLOCK;
+        let mut quantized =
+            Quantized { n, k, values: vec![0; n * k], scales: vec![0.0; n * blocks], sums: vec![0; n * blocks] };
+        let mut block = [0f32; BLOCK];
+        for t in 0..n {
+            let column = &columns.data[columns.start(t)..];
+            for blk in 0..blocks {
+                for (i, x) in block.iter_mut().enumerate() {
+                    *x = column[(blk * BLOCK + i) * columns.r];
+                }
+                let at = t * blocks + blk;
+                let values = &mut quantized.values[t * k + blk * BLOCK..][..BLOCK];
+                (quantized.scales[at], quantized.sums[at]) = round_block(&block, values);
+            }
+        }
+        quantized
+    }
+
+    /// Column `t`: what the one-column kernels read.
+    pub fn column(&self, t: usize) -> QuantizedColumn<'_> {
+        assert!(t < self.n, "column {t} of {}", self.n);
+        let blocks = self.k / BLOCK;
+        QuantizedColumn {
+            values: &self.values[t * self.k..][..self.k],
+            scales: &self.scales[t * blocks..][..blocks],
+            sums: &self.sums[t * blocks..][..blocks],
+        }
+    }
+}
+
+/// One column of [`Quantized`].
+#[derive(Clone, Copy)]
+pub struct QuantizedColumn<'a> {
+    values: &'a [i16],
+    scales: &'a [f32],
+    sums: &'a [i32],
+}
+
+/// One block rounded to 16 bits: its scale and the sum of its values. Rounds to nearest by
+/// adding 1.5 * 2^23 (exact for |v| <= 32767), which compiles to vector code where `round`
+/// would call libm for every value.
+fn round_block(x: &[f32; BLOCK], out: &mut [i16]) -> (f32, i32) {
+    const ROUND: f32 = 12_582_912.0;
+    let largest = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    if largest == 0.0 || !largest.is_finite() {
+        out.fill(0);
+        // A block with an infinite or NaN value gives NaN products, as in f32.
+        return (if largest == 0.0 { 0.0 } else { f32::NAN }, 0);
+    }
+    let inverse = 32767.0 / largest;
+    let mut sum = 0i32;
+    for (q, &v) in out.iter_mut().zip(x) {
+        *q = ((v * inverse + ROUND) - ROUND) as i16;
+        sum += *q as i32;
+    }
+    (largest / 32767.0, sum)
+}
+
 /// The product's output tensor, `n` rows of `m` at the given strides, written panel by panel
 /// from several threads: each panel's 32 outputs of every row go to places no other panel's do.
 pub struct Outputs<'a> {
@@ -209,23 +286,34 @@ pub fn product(panels: &[u8], scales: Scales, columns: &Columns, outputs: &Outpu
     let n_panels = panels.len() / panel_bytes;
     debug_assert_eq!(n, outputs.n);
     debug_assert_eq!(n_panels, outputs.m.div_ceil(PANEL_ROWS));
+    // With VNNI the columns are rounded to 16 bits once, for every panel.
+    let quantized = isa.rounds_activations().then(|| Quantized::new(columns));
     // sum(nibble * x) - 8 * sum(x) per block: the offset leaves the inner loop.
-    let block_sums = columns.block_sums();
+    let block_sums = if quantized.is_some() { Vec::new() } else { columns.block_sums() };
     let several = n > 1 && isa.fused_q4_chunks();
-    let rows = if several { Cow::Borrowed(&[][..]) } else { columns.rows() };
+    let rows = if several || quantized.is_some() { Cow::Borrowed(&[][..]) } else { columns.rows() };
     let run = |first: usize, count: usize| {
         let mut out = vec![0f32; n * PANEL_ROWS];
         for p in first..(first + count).min(n_panels) {
             let panel = &panels[p * panel_bytes..][..panel_bytes];
-            match several {
+            match (&quantized, several) {
+                // SAFETY: `quantized` and `several` mean the CPU has AVX-512 with VNNI and
+                // VBMI (checked); the slices have the kernel's sizes (asserted inside).
+                #[cfg(target_arch = "x86_64")]
+                (Some(x), true) => unsafe { x86::panel_columns_vnni(panel, scales, x, &mut out) },
+                (Some(x), false) => {
+                    for (t, out) in out.chunks_exact_mut(PANEL_ROWS).enumerate() {
+                        product_panel_rounded(panel, scales, x.column(t), out, isa);
+                    }
+                }
                 // SAFETY: `several` means the CPU has AVX-512 (checked); the slices have the
                 // kernel's sizes (asserted inside).
                 #[cfg(target_arch = "x86_64")]
-                true => unsafe { x86::panel_columns_avx512(panel, scales, columns, &block_sums, &mut out) },
+                (None, true) => unsafe { x86::panel_columns_avx512(panel, scales, columns, &block_sums, &mut out) },
                 // SAFETY: every aarch64 CPU has NEON; the slices have the kernel's sizes
                 // (asserted inside).
                 #[cfg(target_arch = "aarch64")]
-                true => unsafe { aarch64::panel_columns_neon(panel, scales, columns, &block_sums, &mut out) },
+                (None, true) => unsafe { aarch64::panel_columns_neon(panel, scales, columns, &block_sums, &mut out) },
                 _ => product_panel(panel, scales, k, &rows, &block_sums, &mut out, isa),
             }
             // SAFETY: each panel is stored by the one part that holds it.
@@ -263,17 +351,32 @@ fn product_panel(panel: &[u8], scales: Scales, k: usize, xs: &[f32], block_sums:
     }
 }
 
+/// One panel times one column rounded to 16 bits: `out` gets 32 rows.
+fn product_panel_rounded(panel: &[u8], scales: Scales, x: QuantizedColumn, out: &mut [f32], isa: Isa) {
+    match isa {
+        // SAFETY: `product` checked that the CPU runs `isa`; the slices have the kernel's
+        // sizes (asserted inside).
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => unsafe { x86::panel_vnni(panel, scales, x, out) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { x86::panel_avx2_i16(panel, scales, x, out) },
+        _ => reference::panel_i16(panel, scales, x, out),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const EVERY_PATH: [Isa; 5] = [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon, Isa::NeonDotprod];
+    const EVERY_PATH: [Isa; 6] = [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Avx512Vnni, Isa::Neon, Isa::NeonDotprod];
 
     /// Every path this CPU runs, the scalar reference included, agrees with the product
     /// computed in f64 from the values the GGML blocks stand for (padding rows included), for
     /// both placements of the scales, one column and several, given as rows or packed in
     /// panels of 16 as tract does (NaN in the padding, which must not be read), into rows of m
-    /// or transposed, on one thread and split over two.
+    /// or transposed, on one thread and split over two. Paths on activations rounded to 16
+    /// bits may differ by what the rounding moves.
     #[test]
     fn every_path_equals_the_dequantized_product() {
         let team = SpinTeam::new(2).expect("threads");
@@ -291,6 +394,13 @@ mod tests {
             let x: Vec<f32> = (0..k).map(|i| ((i as f32) * 0.37).sin()).collect();
             let expected: Vec<f64> =
                 (0..m).map(|r| (0..k).map(|c| values[r * k + c] as f64 * x[c] as f64).sum()).collect();
+            // What rounding x to 16 bits per block may move each product by: half a step
+            // (the block's largest |x| / 32767) times the row's |weights|.
+            let largest: Vec<f64> =
+                x.chunks_exact(BLOCK).map(|b| b.iter().fold(0f64, |m, v| m.max(v.abs() as f64))).collect();
+            let rounding: Vec<f64> = (0..m)
+                .map(|r| (0..k).map(|c| (values[r * k + c] as f64).abs() * largest[c / BLOCK] * 0.5 / 32767.0).sum())
+                .collect();
             // Column t is x scaled by (t + 1), so its products are expected's.
             for n in [1usize, 2, 3, 5, 8, 13, 17] {
                 let xs: Vec<f32> = (0..n).flat_map(|t| x.iter().map(move |v| v * (t + 1) as f32)).collect();
@@ -316,8 +426,9 @@ mod tests {
                                     for (row, expected) in expected.iter().enumerate() {
                                         let got = out[t * stride_n + row * stride_m] as f64;
                                         let want = expected * (t + 1) as f64;
+                                        let rounded = if isa.rounds_activations() { rounding[row] } else { 0.0 };
                                         assert!(
-                                            (got - want).abs() < 1e-4 * (1.0 + want.abs()),
+                                            (got - want).abs() < 1e-4 * (1.0 + want.abs()) + rounded * (t + 1) as f64,
                                             "{isa:?} {placement:?} {m}x{k}, {n} columns as {layout}, {threads}, stride_m {stride_m}: {got} vs {want}"
                                         );
                                     }
@@ -326,6 +437,95 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// The paths on activations rounded to 16 bits equal their integer reference (the same
+    /// rounding, sums exact), one column and several, on one thread and two; and rounding
+    /// keeps NaN and infinity visible instead of turning them into numbers.
+    #[test]
+    fn rounded_paths_equal_their_reference() {
+        let team = SpinTeam::new(2).expect("threads");
+        let paths: Vec<Isa> =
+            EVERY_PATH.into_iter().filter(|isa| isa.rounds_activations() && Isa::detected().runs(*isa)).collect();
+        if paths.is_empty() {
+            eprintln!("no path on rounded activations on this CPU ({:?})", Isa::detected());
+        }
+        for (m, k) in [(64, 64), (33, 96), (96, 576)] {
+            let (ggml, _) = layout::example(m, k, (m + k) as u64);
+            let weights = layout::pack(&ggml, m, k, Scales::First);
+            for n in [1usize, 3, 8, 11] {
+                let xs: Vec<f32> = (0..n * k).map(|i| ((i as f32) * 0.61).cos() * (1 + i % 7) as f32).collect();
+                let columns = Columns::contiguous(&xs, n, k).expect("fits");
+                let quantized = Quantized::new(&columns);
+                let mut expected = vec![0f32; n * m];
+                for t in 0..n {
+                    let mut rows = [0f32; PANEL_ROWS];
+                    for p in 0..m.div_ceil(PANEL_ROWS) {
+                        let panel = &weights[p * k / BLOCK * PANEL_BLOCK_BYTES..][..k / BLOCK * PANEL_BLOCK_BYTES];
+                        reference::panel_i16(panel, Scales::First, quantized.column(t), &mut rows);
+                        for (r, v) in rows.iter().enumerate().filter(|(r, _)| p * PANEL_ROWS + r < m) {
+                            expected[t * m + p * PANEL_ROWS + r] = *v;
+                        }
+                    }
+                }
+                for (isa, team) in paths.iter().flat_map(|isa| [(isa, None), (isa, Some(&team))]) {
+                    let mut out = vec![f32::NAN; m * n];
+                    product(&weights, Scales::First, &columns, &Outputs::new(&mut out, m, n, 1, m), team, *isa);
+                    for (i, (got, want)) in out.iter().zip(&expected).enumerate() {
+                        assert!(
+                            (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                            "{isa:?} {m}x{k} n {n} at {i}: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+        let mut block = [0.5f32; BLOCK];
+        block[3] = f32::INFINITY;
+        let mut values = [0i16; BLOCK];
+        assert!(round_block(&block, &mut values).0.is_nan());
+        block[3] = -2.0;
+        let (scale, sum) = round_block(&block, &mut values);
+        assert_eq!((values[3], values[0]), (-32767, 8192));
+        assert_eq!(sum, 31 * 8192 - 32767);
+        assert!((scale - 2.0 / 32767.0).abs() < 1e-12);
+    }
+
+    /// Not a test: prints each path's time for SmolLM2-135M's shapes, one column (a decode
+    /// step) and 64 (a prompt chunk), in alternating rounds on one thread.
+    /// `cargo test --release -p edgellm-kernels -- --ignored --nocapture paths_side_by_side`
+    #[test]
+    #[ignore]
+    fn paths_side_by_side() {
+        let paths: Vec<Isa> = EVERY_PATH.into_iter().filter(|isa| Isa::detected().runs(*isa)).collect();
+        for (m, k) in [(576, 576), (1536, 576), (576, 1536), (49152, 576)] {
+            let (ggml, _) = layout::example(m, k, 7);
+            let weights = layout::pack(&ggml, m, k, Scales::First);
+            for n in [1usize, 64] {
+                let xs: Vec<f32> = (0..n * k).map(|i| ((i as f32) * 0.37).sin()).collect();
+                let columns = Columns::contiguous(&xs, n, k).expect("fits");
+                let mut out = vec![0f32; m * n];
+                let mut best = vec![f64::MAX; paths.len()];
+                let reps = (2_000_000_000 / (m * k * n)).clamp(1, 2000);
+                for _round in 0..5 {
+                    for (i, isa) in paths.iter().enumerate() {
+                        let started = std::time::Instant::now();
+                        for _ in 0..reps {
+                            product(&weights, Scales::First, &columns, &Outputs::new(&mut out, m, n, 1, m), None, *isa);
+                        }
+                        best[i] = best[i].min(started.elapsed().as_secs_f64() / reps as f64);
+                    }
+                }
+                let line: Vec<String> = paths
+                    .iter()
+                    .zip(&best)
+                    .map(|(isa, t)| {
+                        format!("{} {:.1} us ({:.1} GMAC/s)", isa.name(), t * 1e6, (m * k * n) as f64 / t / 1e9)
+                    })
+                    .collect();
+                println!("{m}x{k} n={n}: {}", line.join(", "));
             }
         }
     }

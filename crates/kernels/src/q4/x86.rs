@@ -1,6 +1,7 @@
-//! x86_64 kernels of the 4-bit panel product: AVX2 (one column) and AVX-512 (one or several).
+//! x86_64 kernels of the 4-bit panel product: AVX2 (one column), AVX-512 (one or several, in
+//! f32) and AVX-512 VNNI (one or several, activations in 16 bits).
 
-use super::{BLOCK, Columns, PANEL_BLOCK_BYTES, PANEL_ROWS, Scales};
+use super::{BLOCK, Columns, PANEL_BLOCK_BYTES, PANEL_ROWS, Quantized, QuantizedColumn, Scales};
 use std::arch::x86_64::*;
 
 /// [`panel_avx2`] with sixteen rows per register: per position, 16 bytes widen to
@@ -194,6 +195,240 @@ pub(super) unsafe fn panel_avx2(panel: &[u8], placement: Scales, x: &[f32], bloc
             // SAFETY: `scales` is 16 bytes long: eight f16.
             let scale = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(scales.as_ptr() as *const __m128i) });
             *out = _mm256_fmadd_ps(_mm256_sub_ps(*acc, offset), scale, *out);
+        }
+    }
+    for (out, rows) in out.iter().zip(rows.chunks_exact_mut(8)) {
+        // SAFETY: `rows` is 8 floats long.
+        unsafe { _mm256_storeu_ps(rows.as_mut_ptr(), *out) };
+    }
+}
+
+/// Byte indices for `_mm512_maskz_permutexvar_epi8` that turn 64 bytes of nibbles (positions
+/// `4g..4g + 4`, 16 bytes each) into sixteen 32-bit lanes, lane j holding row j's byte of two
+/// positions as two 16-bit words (the odd bytes are zeroed by [`WORD_MASK`]): `first` the
+/// positions 0 and 1 of the four, else 2 and 3.
+fn pair_index(first: bool) -> __m512i {
+    let base = if first { 0 } else { 32 };
+    let mut index = [0i8; 64];
+    for j in 0..16 {
+        index[4 * j] = (base + j) as i8;
+        index[4 * j + 2] = (base + 16 + j) as i8;
+    }
+    // SAFETY: `index` is 64 bytes long.
+    unsafe { _mm512_loadu_si512(index.as_ptr() as *const __m512i) }
+}
+
+/// Keeps the even bytes of each 32-bit lane: the low byte of each 16-bit word.
+const WORD_MASK: __mmask64 = 0x5555_5555_5555_5555;
+
+/// [`super::reference::panel_i16`] with `vpdpwssd`: per two positions, sixteen rows' bytes
+/// become sixteen lanes of two 16-bit words (one permute), whose low and high nibbles (rows
+/// j and j + 16) meet the pair of activations in one instruction each, 32 multiply-adds.
+///
+/// # Safety
+/// The CPU has AVX-512F, BW, VNNI and VBMI; `panel` holds `x.len() / 32` blocks, `rows` 32
+/// floats, `x_scales` and `x_sums` one value per block.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
+pub(super) unsafe fn panel_vnni(panel: &[u8], placement: Scales, x: QuantizedColumn, rows: &mut [f32]) {
+    assert!(panel.len() == x.values.len() / BLOCK * PANEL_BLOCK_BYTES && rows.len() == PANEL_ROWS);
+    assert!(x.scales.len() == x.values.len() / BLOCK && x.sums.len() == x.scales.len());
+    let (first, second) = (pair_index(true), pair_index(false));
+    let low = _mm512_set1_epi16(0x0f);
+    let (mut out_lo, mut out_hi) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+    for (blk, bytes) in panel.chunks_exact(PANEL_BLOCK_BYTES).enumerate() {
+        let (scales, nibbles) = placement.split(bytes);
+        let xs = &x.values[blk * BLOCK..][..BLOCK];
+        // Rows 0..16 and 16..32, for the first and second pair of each four positions: four
+        // chains, so that the adds' latency hides behind the other chains' work.
+        let mut acc = [_mm512_setzero_si512(); 4];
+        for (four, xs) in nibbles.chunks_exact(64).zip(xs.chunks_exact(4)) {
+            // SAFETY: `four` is 64 bytes long, `xs` four 16-bit values (two pairs).
+            let (v, x01, x23) = unsafe {
+                (
+                    _mm512_loadu_si512(four.as_ptr() as *const __m512i),
+                    _mm512_set1_epi32((xs.as_ptr() as *const i32).read_unaligned()),
+                    _mm512_set1_epi32((xs.as_ptr().add(2) as *const i32).read_unaligned()),
+                )
+            };
+            let w01 = _mm512_maskz_permutexvar_epi8(WORD_MASK, first, v);
+            let w23 = _mm512_maskz_permutexvar_epi8(WORD_MASK, second, v);
+            acc[0] = _mm512_dpwssd_epi32(acc[0], _mm512_and_si512(w01, low), x01);
+            acc[1] = _mm512_dpwssd_epi32(acc[1], _mm512_srli_epi16::<4>(w01), x01);
+            acc[2] = _mm512_dpwssd_epi32(acc[2], _mm512_and_si512(w23, low), x23);
+            acc[3] = _mm512_dpwssd_epi32(acc[3], _mm512_srli_epi16::<4>(w23), x23);
+        }
+        // sum(nibble * q) - 8 * sum(q), exact in 32 bits, then the two scales.
+        let offset = _mm512_set1_epi32(8 * x.sums[blk]);
+        let lo = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_add_epi32(acc[0], acc[2]), offset));
+        let hi = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_add_epi32(acc[1], acc[3]), offset));
+        let x_scale = _mm512_set1_ps(x.scales[blk]);
+        // SAFETY: `scales` is 64 bytes long: 32 f16.
+        let (scale_lo, scale_hi) = unsafe {
+            (
+                _mm512_cvtph_ps(_mm256_loadu_si256(scales.as_ptr() as *const __m256i)),
+                _mm512_cvtph_ps(_mm256_loadu_si256(scales.as_ptr().add(32) as *const __m256i)),
+            )
+        };
+        out_lo = _mm512_fmadd_ps(lo, _mm512_mul_ps(scale_lo, x_scale), out_lo);
+        out_hi = _mm512_fmadd_ps(hi, _mm512_mul_ps(scale_hi, x_scale), out_hi);
+    }
+    // SAFETY: `rows` is 32 floats long.
+    unsafe {
+        _mm512_storeu_ps(rows.as_mut_ptr(), out_lo);
+        _mm512_storeu_ps(rows.as_mut_ptr().add(16), out_hi);
+    }
+}
+
+/// [`panel_vnni`] for `n` quantized columns (`x`: n rows of k, `rows`: n rows of 32 outputs):
+/// each block of the panel is unpacked once to 16 pairs of positions (rows 0..16 and
+/// 16..32), then meets the columns eight at a time.
+///
+/// # Safety
+/// As [`panel_vnni`]; `x` holds n columns of the panel's k.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
+pub(super) unsafe fn panel_columns_vnni(panel: &[u8], placement: Scales, x: &Quantized, rows: &mut [f32]) {
+    let (n, k) = (x.n, x.k);
+    let blocks = k / BLOCK;
+    assert!(x.values.len() == n * k && panel.len() == blocks * PANEL_BLOCK_BYTES && rows.len() == n * PANEL_ROWS);
+    assert!(x.scales.len() == n * blocks && x.sums.len() == n * blocks);
+    let (first, second) = (pair_index(true), pair_index(false));
+    let low = _mm512_set1_epi16(0x0f);
+    rows.fill(0.0);
+    let mut weights = [_mm512_setzero_si512(); BLOCK];
+    for (blk, bytes) in panel.chunks_exact(PANEL_BLOCK_BYTES).enumerate() {
+        let (scales, nibbles) = placement.split(bytes);
+        for (g, four) in nibbles.chunks_exact(64).enumerate() {
+            // SAFETY: `four` is 64 bytes long.
+            let v = unsafe { _mm512_loadu_si512(four.as_ptr() as *const __m512i) };
+            let w01 = _mm512_maskz_permutexvar_epi8(WORD_MASK, first, v);
+            let w23 = _mm512_maskz_permutexvar_epi8(WORD_MASK, second, v);
+            weights[4 * g] = _mm512_and_si512(w01, low);
+            weights[4 * g + 1] = _mm512_srli_epi16::<4>(w01);
+            weights[4 * g + 2] = _mm512_and_si512(w23, low);
+            weights[4 * g + 3] = _mm512_srli_epi16::<4>(w23);
+        }
+        // SAFETY: `scales` is 64 bytes long: 32 f16.
+        let scales = unsafe {
+            [
+                _mm512_cvtph_ps(_mm256_loadu_si256(scales.as_ptr() as *const __m256i)),
+                _mm512_cvtph_ps(_mm256_loadu_si256(scales.as_ptr().add(32) as *const __m256i)),
+            ]
+        };
+        let block = QuantizedBlock { weights: &weights, scales, x, blk };
+        let mut t = 0;
+        while t < n {
+            let tile = (n - t).min(8);
+            let rows = &mut rows[t * PANEL_ROWS..(t + tile) * PANEL_ROWS];
+            match tile {
+                8 => block.tile::<8>(t, rows),
+                7 => block.tile::<7>(t, rows),
+                6 => block.tile::<6>(t, rows),
+                5 => block.tile::<5>(t, rows),
+                4 => block.tile::<4>(t, rows),
+                3 => block.tile::<3>(t, rows),
+                2 => block.tile::<2>(t, rows),
+                _ => block.tile::<1>(t, rows),
+            }
+            t += tile;
+        }
+    }
+}
+
+/// One unpacked block of a panel, as 16-bit pairs, and the quantized columns.
+struct QuantizedBlock<'a> {
+    /// Per pair of positions: rows 0..16, rows 16..32.
+    weights: &'a [__m512i; BLOCK],
+    scales: [__m512; 2],
+    x: &'a Quantized,
+    blk: usize,
+}
+
+impl QuantizedBlock<'_> {
+    /// Columns `first..first + T` times the block, added to their `rows` (T rows of 32).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
+    fn tile<const T: usize>(&self, first: usize, rows: &mut [f32]) {
+        let (k, blocks) = (self.x.k, self.x.k / BLOCK);
+        let mut acc = [[_mm512_setzero_si512(); 2]; T];
+        for (pair, w) in self.weights.chunks_exact(2).enumerate() {
+            for (t, acc) in acc.iter_mut().enumerate() {
+                let at = (first + t) * k + self.blk * BLOCK + 2 * pair;
+                let xs = &self.x.values[at..at + 2];
+                // SAFETY: `xs` is two 16-bit values.
+                let xv = _mm512_set1_epi32(unsafe { (xs.as_ptr() as *const i32).read_unaligned() });
+                acc[0] = _mm512_dpwssd_epi32(acc[0], w[0], xv);
+                acc[1] = _mm512_dpwssd_epi32(acc[1], w[1], xv);
+            }
+        }
+        for (t, row) in rows.chunks_exact_mut(PANEL_ROWS).enumerate() {
+            let at = (first + t) * blocks + self.blk;
+            let offset = _mm512_set1_epi32(8 * self.x.sums[at]);
+            let x_scale = _mm512_set1_ps(self.x.scales[at]);
+            for (half, row) in row.chunks_exact_mut(16).enumerate() {
+                let products = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[t][half], offset));
+                // SAFETY: `row` is 16 floats long.
+                unsafe {
+                    let sum = _mm512_loadu_ps(row.as_ptr());
+                    let scale = _mm512_mul_ps(self.scales[half], x_scale);
+                    _mm512_storeu_ps(row.as_mut_ptr(), _mm512_fmadd_ps(products, scale, sum));
+                }
+            }
+        }
+    }
+}
+
+/// [`super::reference::panel_i16`] with AVX2's `vpmaddwd`: per two positions, each 16 bytes
+/// widen to 16-bit words and interleave into lanes of two words (one row, both positions),
+/// whose low and high nibbles meet the pair of activations, 16 multiply-adds an instruction.
+/// The interleave takes rows 0..4 and 8..12 into one register, 4..8 and 12..16 into the
+/// other; the block's sums are put back in row order before they are scaled.
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C; the sizes are those of [`panel_vnni`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn panel_avx2_i16(panel: &[u8], placement: Scales, x: QuantizedColumn, rows: &mut [f32]) {
+    assert!(panel.len() == x.values.len() / BLOCK * PANEL_BLOCK_BYTES && rows.len() == PANEL_ROWS);
+    assert!(x.scales.len() == x.values.len() / BLOCK && x.sums.len() == x.scales.len());
+    let low = _mm256_set1_epi16(0x0f);
+    let mut out = [_mm256_setzero_ps(); 4];
+    for (blk, bytes) in panel.chunks_exact(PANEL_BLOCK_BYTES).enumerate() {
+        let (scales, nibbles) = placement.split(bytes);
+        let xs = &x.values[blk * BLOCK..][..BLOCK];
+        // Rows (0..4, 8..12), (4..8, 12..16), and the same plus 16.
+        let mut acc = [_mm256_setzero_si256(); 4];
+        for (pair, xs) in nibbles.chunks_exact(32).zip(xs.chunks_exact(2)) {
+            // SAFETY: `pair` is 32 bytes long, `xs` two 16-bit values.
+            let (a, b, xv) = unsafe {
+                (
+                    _mm256_cvtepu8_epi16(_mm_loadu_si128(pair.as_ptr() as *const __m128i)),
+                    _mm256_cvtepu8_epi16(_mm_loadu_si128(pair.as_ptr().add(16) as *const __m128i)),
+                    _mm256_set1_epi32((xs.as_ptr() as *const i32).read_unaligned()),
+                )
+            };
+            let (first, second) = (_mm256_unpacklo_epi16(a, b), _mm256_unpackhi_epi16(a, b));
+            let products = [
+                _mm256_madd_epi16(_mm256_and_si256(first, low), xv),
+                _mm256_madd_epi16(_mm256_and_si256(second, low), xv),
+                _mm256_madd_epi16(_mm256_srli_epi16::<4>(first), xv),
+                _mm256_madd_epi16(_mm256_srli_epi16::<4>(second), xv),
+            ];
+            for (acc, p) in acc.iter_mut().zip(products) {
+                *acc = _mm256_add_epi32(*acc, p);
+            }
+        }
+        let offset = _mm256_set1_epi32(8 * x.sums[blk]);
+        let x_scale = _mm256_set1_ps(x.scales[blk]);
+        // Rows 0..8, 8..16, 16..24, 24..32.
+        let in_order = [
+            _mm256_permute2x128_si256::<0x20>(acc[0], acc[1]),
+            _mm256_permute2x128_si256::<0x31>(acc[0], acc[1]),
+            _mm256_permute2x128_si256::<0x20>(acc[2], acc[3]),
+            _mm256_permute2x128_si256::<0x31>(acc[2], acc[3]),
+        ];
+        for ((sums, out), scales) in in_order.iter().zip(out.iter_mut()).zip(scales.chunks_exact(16)) {
+            // SAFETY: `scales` is 16 bytes long: eight f16.
+            let scale = _mm256_cvtph_ps(unsafe { _mm_loadu_si128(scales.as_ptr() as *const __m128i) });
+            let products = _mm256_cvtepi32_ps(_mm256_sub_epi32(*sums, offset));
+            *out = _mm256_fmadd_ps(products, _mm256_mul_ps(scale, x_scale), *out);
         }
     }
     for (out, rows) in out.iter().zip(rows.chunks_exact_mut(8)) {
