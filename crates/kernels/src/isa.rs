@@ -17,11 +17,10 @@ pub enum Isa {
     Avx2,
     /// x86_64 with AVX-512F on top of AVX2: every fused kernel, in f32.
     Avx512,
-    /// AVX-512 with VNNI and VBMI: the 4-bit products take the activations rounded to 16 bits
-    /// per block of 32 (`vpdpwssd`, twice the products per instruction of f32 FMA); a
-    /// rounding error near 1.5e-5 of the block's largest value, far below what moves a greedy
-    /// token (the golden tests run on it). 8 bits (`vpdpbusd`, as llama.cpp) would double it
-    /// again but round at 4e-3, which does change answers.
+    /// AVX-512 with VNNI and VBMI: the one-token 4-bit product takes the activations rounded
+    /// to 16 bits per block of 32 (`vpdpwssd`); a rounding error within 1.5e-5 of the block's
+    /// largest value, far below what moves a greedy token (the golden tests run on it). 8 bits
+    /// (`vpdpbusd`, as llama.cpp) would round at 4e-3, which can change answers.
     Avx512Vnni,
     /// aarch64 with NEON (every aarch64 CPU): every fused kernel, in f32.
     Neon,
@@ -127,9 +126,10 @@ impl Isa {
         matches!(self, Isa::Avx512 | Isa::Avx512Vnni | Isa::Neon | Isa::NeonDotprod)
     }
 
-    /// The 4-bit products round the activations to 16 bits per block ([`crate::q4::Quantized`]):
-    /// integer multiply-adds, twice as many per instruction as f32 (AVX2's `vpmaddwd`,
-    /// AVX-512's `vpdpwssd`). NEON's `smlal` would do no more per instruction than its f32 FMA.
+    /// The one-token 4-bit product rounds the activations to 16 bits per block
+    /// ([`crate::q4::Quantized`]): integer multiply-adds, twice as many per instruction as f32
+    /// (AVX2's `vpmaddwd`, AVX-512's `vpdpwssd`), and no conversion of each nibble to f32.
+    /// NEON's `smlal` would do no more per instruction than its f32 FMA.
     pub fn rounds_activations(self) -> bool {
         matches!(self, Isa::Avx2 | Isa::Avx512Vnni)
     }

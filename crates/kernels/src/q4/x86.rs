@@ -1,7 +1,7 @@
-//! x86_64 kernels of the 4-bit panel product: AVX2 (one column), AVX-512 (one or several, in
-//! f32) and AVX-512 VNNI (one or several, activations in 16 bits).
+//! x86_64 kernels of the 4-bit panel product: one column on activations rounded to 16 bits
+//! (AVX2, AVX-512 VNNI) or in f32 (AVX2, AVX-512), several columns in f32 (AVX-512).
 
-use super::{BLOCK, Columns, PANEL_BLOCK_BYTES, PANEL_ROWS, Quantized, QuantizedColumn, Scales};
+use super::{BLOCK, Columns, PANEL_BLOCK_BYTES, PANEL_ROWS, QuantizedColumn, Scales};
 use std::arch::x86_64::*;
 
 /// [`panel_avx2`] with sixteen rows per register: per position, 16 bytes widen to
@@ -276,103 +276,6 @@ pub(super) unsafe fn panel_vnni(panel: &[u8], placement: Scales, x: QuantizedCol
     unsafe {
         _mm512_storeu_ps(rows.as_mut_ptr(), out_lo);
         _mm512_storeu_ps(rows.as_mut_ptr().add(16), out_hi);
-    }
-}
-
-/// [`panel_vnni`] for `n` quantized columns (`x`: n rows of k, `rows`: n rows of 32 outputs):
-/// each block of the panel is unpacked once to 16 pairs of positions (rows 0..16 and
-/// 16..32), then meets the columns eight at a time.
-///
-/// # Safety
-/// As [`panel_vnni`]; `x` holds n columns of the panel's k.
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
-pub(super) unsafe fn panel_columns_vnni(panel: &[u8], placement: Scales, x: &Quantized, rows: &mut [f32]) {
-    let (n, k) = (x.n, x.k);
-    let blocks = k / BLOCK;
-    assert!(x.values.len() == n * k && panel.len() == blocks * PANEL_BLOCK_BYTES && rows.len() == n * PANEL_ROWS);
-    assert!(x.scales.len() == n * blocks && x.sums.len() == n * blocks);
-    let (first, second) = (pair_index(true), pair_index(false));
-    let low = _mm512_set1_epi16(0x0f);
-    rows.fill(0.0);
-    let mut weights = [_mm512_setzero_si512(); BLOCK];
-    for (blk, bytes) in panel.chunks_exact(PANEL_BLOCK_BYTES).enumerate() {
-        let (scales, nibbles) = placement.split(bytes);
-        for (g, four) in nibbles.chunks_exact(64).enumerate() {
-            // SAFETY: `four` is 64 bytes long.
-            let v = unsafe { _mm512_loadu_si512(four.as_ptr() as *const __m512i) };
-            let w01 = _mm512_maskz_permutexvar_epi8(WORD_MASK, first, v);
-            let w23 = _mm512_maskz_permutexvar_epi8(WORD_MASK, second, v);
-            weights[4 * g] = _mm512_and_si512(w01, low);
-            weights[4 * g + 1] = _mm512_srli_epi16::<4>(w01);
-            weights[4 * g + 2] = _mm512_and_si512(w23, low);
-            weights[4 * g + 3] = _mm512_srli_epi16::<4>(w23);
-        }
-        // SAFETY: `scales` is 64 bytes long: 32 f16.
-        let scales = unsafe {
-            [
-                _mm512_cvtph_ps(_mm256_loadu_si256(scales.as_ptr() as *const __m256i)),
-                _mm512_cvtph_ps(_mm256_loadu_si256(scales.as_ptr().add(32) as *const __m256i)),
-            ]
-        };
-        let block = QuantizedBlock { weights: &weights, scales, x, blk };
-        let mut t = 0;
-        while t < n {
-            let tile = (n - t).min(8);
-            let rows = &mut rows[t * PANEL_ROWS..(t + tile) * PANEL_ROWS];
-            match tile {
-                8 => block.tile::<8>(t, rows),
-                7 => block.tile::<7>(t, rows),
-                6 => block.tile::<6>(t, rows),
-                5 => block.tile::<5>(t, rows),
-                4 => block.tile::<4>(t, rows),
-                3 => block.tile::<3>(t, rows),
-                2 => block.tile::<2>(t, rows),
-                _ => block.tile::<1>(t, rows),
-            }
-            t += tile;
-        }
-    }
-}
-
-/// One unpacked block of a panel, as 16-bit pairs, and the quantized columns.
-struct QuantizedBlock<'a> {
-    /// Per pair of positions: rows 0..16, rows 16..32.
-    weights: &'a [__m512i; BLOCK],
-    scales: [__m512; 2],
-    x: &'a Quantized,
-    blk: usize,
-}
-
-impl QuantizedBlock<'_> {
-    /// Columns `first..first + T` times the block, added to their `rows` (T rows of 32).
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
-    fn tile<const T: usize>(&self, first: usize, rows: &mut [f32]) {
-        let (k, blocks) = (self.x.k, self.x.k / BLOCK);
-        let mut acc = [[_mm512_setzero_si512(); 2]; T];
-        for (pair, w) in self.weights.chunks_exact(2).enumerate() {
-            for (t, acc) in acc.iter_mut().enumerate() {
-                let at = (first + t) * k + self.blk * BLOCK + 2 * pair;
-                let xs = &self.x.values[at..at + 2];
-                // SAFETY: `xs` is two 16-bit values.
-                let xv = _mm512_set1_epi32(unsafe { (xs.as_ptr() as *const i32).read_unaligned() });
-                acc[0] = _mm512_dpwssd_epi32(acc[0], w[0], xv);
-                acc[1] = _mm512_dpwssd_epi32(acc[1], w[1], xv);
-            }
-        }
-        for (t, row) in rows.chunks_exact_mut(PANEL_ROWS).enumerate() {
-            let at = (first + t) * blocks + self.blk;
-            let offset = _mm512_set1_epi32(8 * self.x.sums[at]);
-            let x_scale = _mm512_set1_ps(self.x.scales[at]);
-            for (half, row) in row.chunks_exact_mut(16).enumerate() {
-                let products = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[t][half], offset));
-                // SAFETY: `row` is 16 floats long.
-                unsafe {
-                    let sum = _mm512_loadu_ps(row.as_ptr());
-                    let scale = _mm512_mul_ps(self.scales[half], x_scale);
-                    _mm512_storeu_ps(row.as_mut_ptr(), _mm512_fmadd_ps(products, scale, sum));
-                }
-            }
-        }
     }
 }
 
