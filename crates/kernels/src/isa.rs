@@ -1,8 +1,9 @@
 //! Which SIMD path the kernels take, decided once per process.
 //!
 //! The CPU's features are read at first use; `EDGELLM_ISA` (`scalar`, `avx2`, `avx512`,
-//! `avx512vnni`, `neon`, `dotprod`) may lower the choice, never raise it above what the CPU runs, so that CI on an
-//! AVX-512 machine can check the AVX2 and portable paths against the golden tokens too.
+//! `avx512vnni`, `neon`, `dotprod`) may lower the choice, never raise it above what the CPU
+//! runs, so that CI on a VNNI machine can check the f32 AVX-512, AVX2 and portable paths
+//! against the golden tokens too.
 
 use std::sync::OnceLock;
 

@@ -8,10 +8,10 @@
 //! `scales_at_end`, [`Scales`]); the kernels read either. [`layout::pack`] writes both from
 //! GGML blocks; the engine checks that tract packs the same.
 //!
-//! Paths: [`reference`] (value by value, every CPU), `x86` (AVX2 for one column, AVX-512 for
-//! one or several; one column on activations rounded to 16 bits per block, [`Quantized`],
-//! with AVX2 and AVX-512 VNNI),
-//! `aarch64` (NEON for one or several). [`product`] dispatches on the [`Isa`] it is given.
+//! Paths: [`reference`] (value by value, every CPU), `x86` (one column with AVX2 or AVX-512 VNNI
+//! on activations rounded to 16 bits per block, [`Quantized`], else in f32 with AVX-512;
+//! several columns in f32 with AVX-512), `aarch64` (NEON in f32 for one or several).
+//! [`product`] dispatches on the [`Isa`] it is given.
 
 use std::borrow::Cow;
 
