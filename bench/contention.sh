@@ -7,7 +7,9 @@
 #
 # EDGELLM=path/to/edgellm skips the build. With LLAMA_BENCH and LLAMA_MODEL set (bench/llama.sh
 # sets them), llama.cpp's llama-bench runs the same prompt length and decode length beside it,
-# in the same rounds, and the table gains edgellm/llama.cpp ratios. The machine should be
+# in the same rounds, and the table gains edgellm/llama.cpp ratios; also the time to first
+# token of edgellm's ~20-token question after its cached system prompt beside llama.cpp's
+# time for a prompt of as many tokens. The machine should be
 # otherwise idle: `uptime` is printed before and after.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,25 +47,29 @@ stop_competitors() {
 }
 trap 'stop_competitors; rm -f "$out"' EXIT
 
-# One measurement: appends "engine load threads prefill_t/s decode_t/s round" to $out.
+# One measurement: appends "engine load threads prefill_t/s decode_t/s round ttft_ms" to $out.
 edgellm_once() { # load threads round
   local json
   json=$("$bin" bench --threads "$2" --decode-tokens "$decode" --json 2>/dev/null)
   prompt=$(jq -r '.rows[0].prompt_tokens' <<<"$json")
-  jq -r --arg l "$1" --arg r "$3" '.rows[0] | "edgellm \($l) \(.threads) \(.prefill_tokens_per_s) \(.decode_tokens_per_s) \($r)"' \
+  question=$(jq -r '.rows[0].question_new_tokens' <<<"$json")
+  jq -r --arg l "$1" --arg r "$3" \
+    '.rows[0] | "edgellm \($l) \(.threads) \(.prefill_tokens_per_s) \(.decode_tokens_per_s) \($r) \(.question_ttft_cached_ms)"' \
     <<<"$json" >>"$out"
 }
 llama_once() { # load threads round
   local json
-  json=$("$llama" -m "$LLAMA_MODEL" -p "$prompt" -n "$decode" -t "$2" -r 1 -o json 2>/dev/null)
-  local pp tg
-  pp=$(jq -r '.[] | select(.n_gen == 0) | .avg_ts' <<<"$json")
+  json=$("$llama" -m "$LLAMA_MODEL" -p "$prompt,$question" -n "$decode" -t "$2" -r 1 -o json 2>/dev/null)
+  local pp tg pq
+  pp=$(jq -r --argjson p "$prompt" '.[] | select(.n_gen == 0 and .n_prompt == $p) | .avg_ts' <<<"$json")
   tg=$(jq -r '.[] | select(.n_prompt == 0) | .avg_ts' <<<"$json")
-  echo "llama.cpp $1 $2 $pp $tg $3" >>"$out"
+  # The same number of tokens as edgellm's question, as a time to first token.
+  pq=$(jq -r --argjson q "$question" '.[] | select(.n_gen == 0 and .n_prompt == $q) | 1000 * $q / .avg_ts' <<<"$json")
+  echo "llama.cpp $1 $2 $pp $tg $3 $pq" >>"$out"
 }
 
 echo "before: $(uptime)"
-prompt=77
+prompt=77 question=20
 for round in $(seq 1 "$rounds"); do
   for load in $loads; do
     start_competitors "$load"
@@ -91,9 +97,9 @@ python3 - "$out" <<'PY'
 import collections, statistics, sys
 
 rows = [line.split() for line in open(sys.argv[1]) if line.strip()]
-data = collections.defaultdict(dict)  # (engine, load, threads) -> round -> (prefill, decode)
-for engine, load, threads, pp, tg, rnd in rows:
-    data[(engine, int(load), int(threads))][int(rnd)] = (float(pp), float(tg))
+data = collections.defaultdict(dict)  # (engine, load, threads) -> round -> (prefill, decode, ttft)
+for engine, load, threads, pp, tg, rnd, ttft in rows:
+    data[(engine, int(load), int(threads))][int(rnd)] = (float(pp), float(tg), float(ttft))
 engines = sorted({k[0] for k in data}, key=lambda e: e != "edgellm")
 loads = sorted({k[1] for k in data})
 threads = sorted({k[2] for k in data})
@@ -102,18 +108,19 @@ def spread(values):
     return f"{statistics.median(values):7.1f} ({min(values):.0f}-{max(values):.0f})"
 
 def ratio(a, b, i):
-    """Median and range of per-round ratios a/b for figure i (0 prefill, 1 decode)."""
-    rs = [a[r][i] / b[r][i] for r in a if r in b and b[r][i] > 0]
+    """Median and range of per-round ratios a/b for figure i (0 prefill, 1 decode, 2 the
+    inverse of the time to first token, so that above 1 is faster for all three)."""
+    rs = [(b[r][i] / a[r][i] if i == 2 else a[r][i] / b[r][i]) for r in a if r in b and min(a[r][i], b[r][i]) > 0]
     return f"{statistics.median(rs):5.2f}x ({min(rs):.2f}-{max(rs):.2f})" if rs else "-"
 
-print(f"{'engine':<10} {'busy':>4} {'thr':>3} {'prefill t/s':>20} {'decode t/s':>20}")
+print(f"{'engine':<10} {'busy':>4} {'thr':>3} {'prefill t/s':>20} {'decode t/s':>20} {'question TTFT ms':>20}")
 for engine in engines:
     for load in loads:
         for t in threads:
             d = data.get((engine, load, t))
             if d:
                 print(f"{engine:<10} {load:>4} {t:>3} {spread([v[0] for v in d.values()]):>20} "
-                      f"{spread([v[1] for v in d.values()]):>20}")
+                      f"{spread([v[1] for v in d.values()]):>20} {spread([v[2] for v in d.values()]):>20}")
 if len(threads) > 1:
     lo, hi = threads[0], threads[-1]
     print(f"\n{hi} threads over {lo} thread, same load and round (goal: never below 0.90x)")
@@ -124,11 +131,11 @@ if len(threads) > 1:
             if a and b:
                 print(f"{engine:<10} {load:>4} {ratio(a, b, 0):>20} {ratio(a, b, 1):>20}")
 if "llama.cpp" in engines:
-    print("\nedgellm over llama.cpp, same load, threads and round")
-    print(f"{'busy':>4} {'thr':>3} {'prefill':>20} {'decode':>20}")
+    print("\nedgellm over llama.cpp, same load, threads and round (TTFT: llama.cpp's time over edgellm's)")
+    print(f"{'busy':>4} {'thr':>3} {'prefill':>20} {'decode':>20} {'question TTFT':>20}")
     for load in loads:
         for t in threads:
             a, b = data.get(("edgellm", load, t)), data.get(("llama.cpp", load, t))
             if a and b:
-                print(f"{load:>4} {t:>3} {ratio(a, b, 0):>20} {ratio(a, b, 1):>20}")
+                print(f"{load:>4} {t:>3} {ratio(a, b, 0):>20} {ratio(a, b, 1):>20} {ratio(a, b, 2):>20}")
 PY

@@ -8,9 +8,10 @@
 //! `scales_at_end`, [`Scales`]); the kernels read either. [`layout::pack`] writes both from
 //! GGML blocks; the engine checks that tract packs the same.
 //!
-//! Paths: [`reference`] (value by value, every CPU), `x86` (one column with AVX2 or AVX-512 VNNI
-//! on activations rounded to 16 bits per block, [`Quantized`], else in f32 with AVX-512;
-//! several columns in f32 with AVX-512), `aarch64` (NEON in f32 for one or several).
+//! Paths: [`reference`] (value by value, every CPU), `x86` (on activations rounded to 16 bits
+//! per block, [`Quantized`]: one column with AVX2, one or several with AVX-512 VNNI; else in
+//! f32: one column with AVX2, one or several with AVX-512), `aarch64` (NEON in f32 for one or
+//! several).
 //! [`product`] dispatches on the [`Isa`] it is given.
 
 use std::borrow::Cow;
@@ -154,42 +155,72 @@ impl<'a> Columns<'a> {
 /// scale`, with `scale = max |x| / 32767`, so the rounding error is at most 1.5e-5 of the
 /// block's largest value. The integer products of a block are exact; each block's sum of `q`
 /// carries the nibbles' offset of 8, as `block_sums` does for f32.
+///
+/// The columns are laid out in tiles of `tile` columns (the last may be narrower): in a tile
+/// of `w` columns starting at column `t0`, from `t0 * k` on, per block, per pair of positions,
+/// the `w` columns' pairs side by side, so that a kernel taking the tile's columns together
+/// reads one stream. With `tile = 1` that is each column's `k` values in a row.
 pub struct Quantized {
     n: usize,
     k: usize,
-    /// `n` rows of `k`.
+    tile: usize,
     values: Vec<i16>,
-    /// Per column, per block.
+    /// Per tile, per block, per column of the tile.
     scales: Vec<f32>,
-    /// Per column, per block: the sum of the block's `q`.
+    /// Per tile, per block, per column of the tile: the sum of the block's `q`.
     sums: Vec<i32>,
 }
 
 impl Quantized {
-    /// The columns, rounded block by block.
-    pub fn new(columns: &Columns) -> Quantized {
+    /// The columns, rounded block by block, in tiles of `tile` columns.
+    pub fn new(columns: &Columns, tile: usize) -> Quantized {
+        #[cfg(target_arch = "x86_64")]
+        if tile == columns.r && tile <= 8 && Isa::detected().runs(Isa::Avx512) {
+            let mut quantized = Quantized::zeros(columns, tile);
+            // SAFETY: the CPU has AVX-512F (checked).
+            unsafe { x86::quantize_packed(columns, &mut quantized) };
+            return quantized;
+        }
+        Quantized::value_by_value(columns, tile)
+    }
+
+    fn zeros(columns: &Columns, tile: usize) -> Quantized {
         let (n, k) = (columns.n, columns.k);
         let blocks = k / BLOCK;
-        let mut quantized =
-            Quantized { n, k, values: vec![0; n * k], scales: vec![0.0; n * blocks], sums: vec![0; n * blocks] };
+        assert!(tile >= 1);
+        Quantized { n, k, tile, values: vec![0; n * k], scales: vec![0.0; n * blocks], sums: vec![0; n * blocks] }
+    }
+
+    /// [`Quantized::new`] on every CPU, one block of one column at a time.
+    fn value_by_value(columns: &Columns, tile: usize) -> Quantized {
+        let (n, k) = (columns.n, columns.k);
+        let blocks = k / BLOCK;
+        let mut quantized = Quantized::zeros(columns, tile);
         let mut block = [0f32; BLOCK];
+        let mut rounded = [0i16; BLOCK];
         for t in 0..n {
             let column = &columns.data[columns.start(t)..];
+            let first = t / tile * tile;
+            let (width, at) = ((n - first).min(tile), t - first);
             for blk in 0..blocks {
                 for (i, x) in block.iter_mut().enumerate() {
                     *x = column[(blk * BLOCK + i) * columns.r];
                 }
-                let at = t * blocks + blk;
-                let values = &mut quantized.values[t * k + blk * BLOCK..][..BLOCK];
-                (quantized.scales[at], quantized.sums[at]) = round_block(&block, values);
+                let scale_at = first * blocks + blk * width + at;
+                (quantized.scales[scale_at], quantized.sums[scale_at]) = round_block(&block, &mut rounded);
+                let values = &mut quantized.values[first * k + blk * BLOCK * width..][..BLOCK * width];
+                for (pair, q) in rounded.chunks_exact(2).enumerate() {
+                    values[(pair * width + at) * 2..][..2].copy_from_slice(q);
+                }
             }
         }
         quantized
     }
 
-    /// Column `t`: what the one-column kernels read.
+    /// Column `t`: what the one-column kernels read (columns in tiles of one).
     pub fn column(&self, t: usize) -> QuantizedColumn<'_> {
         assert!(t < self.n, "column {t} of {}", self.n);
+        assert_eq!(self.tile, 1, "columns laid out in tiles of {}", self.tile);
         let blocks = self.k / BLOCK;
         QuantizedColumn {
             values: &self.values[t * self.k..][..self.k],
@@ -212,7 +243,8 @@ pub struct QuantizedColumn<'a> {
 /// would call libm for every value.
 fn round_block(x: &[f32; BLOCK], out: &mut [i16]) -> (f32, i32) {
     const ROUND: f32 = 12_582_912.0;
-    let largest = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    // NaN propagates (`f32::max` would drop it).
+    let largest = x.iter().fold(0f32, |m, v| if m.is_nan() || v.is_nan() { f32::NAN } else { m.max(v.abs()) });
     if largest == 0.0 || !largest.is_finite() {
         out.fill(0);
         // A block with an infinite or NaN value gives NaN products, as in f32.
@@ -277,6 +309,17 @@ impl<'a> Outputs<'a> {
 /// Products with fewer multiply-adds than this stay on the calling thread.
 const PARALLEL_MIN_MACS: usize = 1 << 16;
 
+/// Columns per tile of the kernel for several rounded columns: tract's panel of `r` columns
+/// (6 for its AVX-512 kernels), which the columns are rounded from in place, up to eight.
+fn chunk_tile(columns: &Columns) -> usize {
+    if columns.r <= 8 { columns.r } else { 8 }
+}
+
+/// Whether `n` columns take the path on activations rounded to 16 bits.
+fn rounds(isa: Isa, n: usize) -> bool {
+    if n > 1 && isa.fused_q4_chunks() { isa.rounds_chunk_activations() } else { isa.rounds_activations() }
+}
+
 /// `W x` for the `n` columns into `outputs`, over whole panels, shared out over `team` when
 /// there is one and the product is large enough, with the kernels of `isa` (which the CPU
 /// must run: `Isa::current()` or lower).
@@ -288,11 +331,8 @@ pub fn product(panels: &[u8], scales: Scales, columns: &Columns, outputs: &Outpu
     debug_assert_eq!(n, outputs.n);
     debug_assert_eq!(n_panels, outputs.m.div_ceil(PANEL_ROWS));
     let several = n > 1 && isa.fused_q4_chunks();
-    // Where one column is rounded to 16 bits, it is rounded once, for every panel. Several
-    // columns stay in f32: their tiles reuse each unpacked weight eight times, so the unpacking
-    // the integer path saves is small there, and on Intel's cores `vpdpwssd` issues on one
-    // port where f32 FMAs issue on two (side by side: 45-55 against 61-68 GMAC/s).
-    let quantized = (isa.rounds_activations() && !several).then(|| Quantized::new(columns));
+    // Columns rounded to 16 bits are rounded once, for every panel.
+    let quantized = rounds(isa, n).then(|| Quantized::new(columns, if several { chunk_tile(columns) } else { 1 }));
     // sum(nibble * x) - 8 * sum(x) per block: the offset leaves the inner loop.
     let block_sums = if quantized.is_some() { Vec::new() } else { columns.block_sums() };
     let rows = if several || quantized.is_some() { Cow::Borrowed(&[][..]) } else { columns.rows() };
@@ -301,6 +341,11 @@ pub fn product(panels: &[u8], scales: Scales, columns: &Columns, outputs: &Outpu
         for p in first..(first + count).min(n_panels) {
             let panel = &panels[p * panel_bytes..][..panel_bytes];
             match (&quantized, several) {
+                // SAFETY: rounded columns on a path with several columns mean the CPU has
+                // AVX-512 with VNNI and VBMI (checked); the slices have the kernel's sizes
+                // (asserted inside).
+                #[cfg(target_arch = "x86_64")]
+                (Some(x), true) => unsafe { x86::panel_columns_vnni(panel, scales, x, &mut out) },
                 (Some(x), _) => {
                     for (t, out) in out.chunks_exact_mut(PANEL_ROWS).enumerate() {
                         product_panel_rounded(panel, scales, x.column(t), out, isa);
@@ -404,16 +449,21 @@ mod tests {
             // Column t is x scaled by (t + 1), so its products are expected's.
             for n in [1usize, 2, 3, 5, 8, 13, 17] {
                 let xs: Vec<f32> = (0..n).flat_map(|t| x.iter().map(move |v| v * (t + 1) as f32)).collect();
-                let r = 16;
-                let mut packed_xs = vec![f32::NAN; n.div_ceil(r) * k * r];
-                for (t, row) in xs.chunks_exact(k).enumerate() {
-                    for (i, &v) in row.iter().enumerate() {
-                        packed_xs[t / r * k * r + i * r + t % r] = v;
+                // Packed as tract packs for its AVX-512 kernels (6) and others (16).
+                let pack = |r: usize| {
+                    let mut packed_xs = vec![f32::NAN; n.div_ceil(r) * k * r];
+                    for (t, row) in xs.chunks_exact(k).enumerate() {
+                        for (i, &v) in row.iter().enumerate() {
+                            packed_xs[t / r * k * r + i * r + t % r] = v;
+                        }
                     }
-                }
+                    packed_xs
+                };
+                let (by_6, by_16) = (pack(6), pack(16));
                 let layouts = [
                     ("rows", Columns::contiguous(&xs, n, k).expect("fits")),
-                    ("packed", Columns::new(Cow::Borrowed(&packed_xs), n, k, r, k * r).expect("fits")),
+                    ("packed by 6", Columns::new(Cow::Borrowed(&by_6), n, k, 6, k * 6).expect("fits")),
+                    ("packed by 16", Columns::new(Cow::Borrowed(&by_16), n, k, 16, k * 16).expect("fits")),
                 ];
                 for (isa, (placement, weights)) in paths.iter().flat_map(|isa| packings.iter().map(move |p| (isa, p))) {
                     for (layout, columns) in &layouts {
@@ -426,12 +476,7 @@ mod tests {
                                     for (row, expected) in expected.iter().enumerate() {
                                         let got = out[t * stride_n + row * stride_m] as f64;
                                         let want = expected * (t + 1) as f64;
-                                        let rounded = if isa.rounds_activations() && (n == 1 || !isa.fused_q4_chunks())
-                                        {
-                                            rounding[row]
-                                        } else {
-                                            0.0
-                                        };
+                                        let rounded = if rounds(*isa, n) { rounding[row] } else { 0.0 };
                                         assert!(
                                             (got - want).abs() < 1e-4 * (1.0 + want.abs()) + rounded * (t + 1) as f64,
                                             "{isa:?} {placement:?} {m}x{k}, {n} columns as {layout}, {threads}, stride_m {stride_m}: {got} vs {want}"
@@ -447,8 +492,8 @@ mod tests {
     }
 
     /// The paths on activations rounded to 16 bits equal their integer reference (the same
-    /// rounding, sums exact), for one column and for several where the path has no kernel for
-    /// several (it takes them one by one), on one thread and two; and rounding
+    /// rounding, sums exact), for one column and for several (tiles of 1 to 8 columns), on one
+    /// thread and two; and rounding
     /// keeps NaN and infinity visible instead of turning them into numbers.
     #[test]
     fn rounded_paths_equal_their_reference() {
@@ -464,7 +509,7 @@ mod tests {
             for n in [1usize, 3, 8, 11] {
                 let xs: Vec<f32> = (0..n * k).map(|i| ((i as f32) * 0.61).cos() * (1 + i % 7) as f32).collect();
                 let columns = Columns::contiguous(&xs, n, k).expect("fits");
-                let quantized = Quantized::new(&columns);
+                let quantized = Quantized::new(&columns, 1);
                 let mut expected = vec![0f32; n * m];
                 for t in 0..n {
                     let mut rows = [0f32; PANEL_ROWS];
@@ -476,8 +521,8 @@ mod tests {
                         }
                     }
                 }
-                let one_by_one = paths.iter().filter(|isa| n == 1 || !isa.fused_q4_chunks());
-                for (isa, team) in one_by_one.flat_map(|isa| [(isa, None), (isa, Some(&team))]) {
+                let rounding = paths.iter().filter(|isa| rounds(**isa, n));
+                for (isa, team) in rounding.flat_map(|isa| [(isa, None), (isa, Some(&team))]) {
                     let mut out = vec![f32::NAN; m * n];
                     product(&weights, Scales::First, &columns, &Outputs::new(&mut out, m, n, 1, m), team, *isa);
                     for (i, (got, want)) in out.iter().zip(&expected).enumerate() {
@@ -511,8 +556,8 @@ mod tests {
             let (ggml, _) = layout::example(m, k, 7);
             let weights = layout::pack(&ggml, m, k, Scales::First);
             for n in [1usize, 13, 64] {
-                // Packed in panels of 16 columns, as tract packs a prompt chunk.
-                let r = 16;
+                // Packed in panels of 6 columns, as tract packs a prompt chunk for AVX-512.
+                let r = 6;
                 let xs: Vec<f32> = (0..n.div_ceil(r) * k * r).map(|i| ((i as f32) * 0.37).sin()).collect();
                 let columns = Columns::new(Cow::Borrowed(&xs), n, k, r, k * r).expect("fits");
                 let mut out = vec![0f32; m * n];
@@ -535,6 +580,46 @@ mod tests {
                     })
                     .collect();
                 println!("{m}x{k} n={n}: {}", line.join(", "));
+            }
+        }
+    }
+
+    /// Rounding columns packed as tract packs a prompt chunk (`r` to a panel) gives the same
+    /// values and scales on the vector path as value by value, for whole and partial panels,
+    /// with blocks of zeros, infinities and NaN.
+    #[test]
+    fn packed_columns_round_alike_on_every_path() {
+        let k = 96;
+        for (n, r) in
+            [1usize, 5, 6, 8, 13, 16, 21, 40].into_iter().flat_map(|n| [(n, 1), (n, 4), (n, 6), (n, 8), (n, 16)])
+        {
+            // Panels of r columns, 8 floats of padding after each.
+            let panel_floats = k * r + 8;
+            let mut xs: Vec<f32> =
+                (0..n.div_ceil(r) * panel_floats).map(|i| ((i as f32) * 0.73).sin() * (1 + i % 5) as f32).collect();
+            // Block 1 of column 2 all zeros, block 2 of column 3 infinite, block 0 of column 4 NaN.
+            for (column, blk, value) in [(2, 1, Some(0.0)), (3, 2, None), (4, 0, Some(f32::NAN))] {
+                if column < n {
+                    for i in 0..BLOCK {
+                        let at = column / r * panel_floats + (blk * BLOCK + i) * r + column % r;
+                        xs[at] = value.unwrap_or(if i == 7 { f32::INFINITY } else { xs[at] });
+                    }
+                }
+            }
+            let columns = Columns::new(Cow::Borrowed(&xs), n, k, r, panel_floats).expect("fits");
+            for tile in [1, chunk_tile(&columns)] {
+                let (fast, slow) = (Quantized::new(&columns, tile), Quantized::value_by_value(&columns, tile));
+                assert_eq!(fast.values, slow.values, "{n} columns packed by {r} in tiles of {tile}");
+                let same = |a: &f32, b: &f32| a == b || (a.is_nan() && b.is_nan());
+                assert_eq!(fast.sums, slow.sums, "{n} columns packed by {r} in tiles of {tile}");
+                assert!(
+                    fast.scales.iter().zip(&slow.scales).all(|(a, b)| same(a, b)),
+                    "{n} columns in tiles of {tile}"
+                );
+                assert_eq!(
+                    fast.scales.iter().filter(|s| s.is_nan()).count(),
+                    [3, 4].iter().filter(|&&c| c < n).count()
+                );
             }
         }
     }

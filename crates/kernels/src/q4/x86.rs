@@ -1,7 +1,8 @@
-//! x86_64 kernels of the 4-bit panel product: one column on activations rounded to 16 bits
-//! (AVX2, AVX-512 VNNI) or in f32 (AVX2, AVX-512), several columns in f32 (AVX-512).
+//! x86_64 kernels of the 4-bit panel product: on activations rounded to 16 bits, AVX2 (one
+//! column) and AVX-512 VNNI (one or several); in f32, AVX2 (one column) and AVX-512 (one or
+//! several).
 
-use super::{BLOCK, Columns, PANEL_BLOCK_BYTES, PANEL_ROWS, QuantizedColumn, Scales};
+use super::{BLOCK, Columns, PANEL_BLOCK_BYTES, PANEL_ROWS, Quantized, QuantizedColumn, Scales};
 use std::arch::x86_64::*;
 
 /// [`panel_avx2`] with sixteen rows per register: per position, 16 bytes widen to
@@ -276,6 +277,187 @@ pub(super) unsafe fn panel_vnni(panel: &[u8], placement: Scales, x: QuantizedCol
     unsafe {
         _mm512_storeu_ps(rows.as_mut_ptr(), out_lo);
         _mm512_storeu_ps(rows.as_mut_ptr().add(16), out_hi);
+    }
+}
+
+/// [`panel_vnni`] for `n` quantized columns (`x`: n rows of k, `rows`: n rows of 32 outputs):
+/// each block of the panel is unpacked once to 16 pairs of positions (rows 0..16 and
+/// 16..32) as signed 16-bit nibbles, so no column sum is subtracted afterwards, then meets
+/// the columns a tile of [`Quantized`] at a time (up to eight), each pair of a column
+/// broadcast from memory.
+///
+/// # Safety
+/// As [`panel_vnni`]; `x` holds n columns of the panel's k.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
+pub(super) unsafe fn panel_columns_vnni(panel: &[u8], placement: Scales, x: &Quantized, rows: &mut [f32]) {
+    let (n, k) = (x.n, x.k);
+    let blocks = k / BLOCK;
+    assert!(x.values.len() == n * k && panel.len() == blocks * PANEL_BLOCK_BYTES && rows.len() == n * PANEL_ROWS);
+    assert!(x.scales.len() == n * blocks && (1..=8).contains(&x.tile));
+    let (first, second) = (pair_index(true), pair_index(false));
+    let low = _mm512_set1_epi16(0x0f);
+    let eight = _mm512_set1_epi16(8);
+    rows.fill(0.0);
+    let mut weights = [_mm512_setzero_si512(); BLOCK];
+    for (blk, bytes) in panel.chunks_exact(PANEL_BLOCK_BYTES).enumerate() {
+        let (scales, nibbles) = placement.split(bytes);
+        for (g, four) in nibbles.chunks_exact(64).enumerate() {
+            // SAFETY: `four` is 64 bytes long.
+            let v = unsafe { _mm512_loadu_si512(four.as_ptr() as *const __m512i) };
+            let w01 = _mm512_maskz_permutexvar_epi8(WORD_MASK, first, v);
+            let w23 = _mm512_maskz_permutexvar_epi8(WORD_MASK, second, v);
+            // Signed nibbles (q - 8): the columns' sums leave the product.
+            weights[4 * g] = _mm512_sub_epi16(_mm512_and_si512(w01, low), eight);
+            weights[4 * g + 1] = _mm512_sub_epi16(_mm512_srli_epi16::<4>(w01), eight);
+            weights[4 * g + 2] = _mm512_sub_epi16(_mm512_and_si512(w23, low), eight);
+            weights[4 * g + 3] = _mm512_sub_epi16(_mm512_srli_epi16::<4>(w23), eight);
+        }
+        // SAFETY: `scales` is 64 bytes long: 32 f16.
+        let scales = unsafe {
+            [
+                _mm512_cvtph_ps(_mm256_loadu_si256(scales.as_ptr() as *const __m256i)),
+                _mm512_cvtph_ps(_mm256_loadu_si256(scales.as_ptr().add(32) as *const __m256i)),
+            ]
+        };
+        let block = QuantizedBlock { weights: &weights, scales, x, blk };
+        let mut t = 0;
+        while t < n {
+            let tile = (n - t).min(x.tile);
+            let rows = &mut rows[t * PANEL_ROWS..(t + tile) * PANEL_ROWS];
+            match tile {
+                12 => block.tile::<12>(t, rows),
+                11 => block.tile::<11>(t, rows),
+                10 => block.tile::<10>(t, rows),
+                9 => block.tile::<9>(t, rows),
+                8 => block.tile::<8>(t, rows),
+                7 => block.tile::<7>(t, rows),
+                6 => block.tile::<6>(t, rows),
+                5 => block.tile::<5>(t, rows),
+                4 => block.tile::<4>(t, rows),
+                3 => block.tile::<3>(t, rows),
+                2 => block.tile::<2>(t, rows),
+                _ => block.tile::<1>(t, rows),
+            }
+            t += tile;
+        }
+    }
+}
+
+/// One unpacked block of a panel, as 16-bit pairs, and the quantized columns.
+struct QuantizedBlock<'a> {
+    /// Per pair of positions: rows 0..16, rows 16..32.
+    weights: &'a [__m512i; BLOCK],
+    scales: [__m512; 2],
+    x: &'a Quantized,
+    blk: usize,
+}
+
+impl QuantizedBlock<'_> {
+    /// Columns `first..first + T` (a tile of [`Quantized`]) times the block, added to their
+    /// `rows` (T rows of 32).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vbmi")]
+    fn tile<const T: usize>(&self, first: usize, rows: &mut [f32]) {
+        let (k, blocks) = (self.x.k, self.x.k / BLOCK);
+        assert!(first + T <= self.x.n && rows.len() == T * PANEL_ROWS);
+        let mut acc = [[_mm512_setzero_si512(); 2]; T];
+        // The tile's pairs for this block: per pair of positions, T columns side by side.
+        let pairs = &self.x.values[first * k + self.blk * BLOCK * T..][..BLOCK * T];
+        let base = pairs.as_ptr() as *const i32;
+        for (pair, w) in self.weights.chunks_exact(2).enumerate() {
+            for (t, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: pair `pair` of column `t` is inside `pairs` (BLOCK / 2 * T of them).
+                let xv = _mm512_set1_epi32(unsafe { base.add(pair * T + t).read_unaligned() });
+                acc[0] = _mm512_dpwssd_epi32(acc[0], w[0], xv);
+                acc[1] = _mm512_dpwssd_epi32(acc[1], w[1], xv);
+            }
+        }
+        let scales = &self.x.scales[first * blocks + self.blk * T..][..T];
+        for ((row, acc), x_scale) in rows.chunks_exact_mut(PANEL_ROWS).zip(&acc).zip(scales) {
+            let x_scale = _mm512_set1_ps(*x_scale);
+            for (half, row) in row.chunks_exact_mut(16).enumerate() {
+                let products = _mm512_cvtepi32_ps(acc[half]);
+                // SAFETY: `row` is 16 floats long.
+                unsafe {
+                    let sum = _mm512_loadu_ps(row.as_ptr());
+                    let scale = _mm512_mul_ps(self.scales[half], x_scale);
+                    _mm512_storeu_ps(row.as_mut_ptr(), _mm512_fmadd_ps(products, scale, sum));
+                }
+            }
+        }
+    }
+}
+
+/// [`Quantized::new`] for columns packed by tract in panels of `r <= 8` (per position, the
+/// panel's `r` values side by side), into tiles of the same `r` columns: each pair of
+/// positions is one register of `2 r` floats, rounded with its columns' inverse scales and
+/// interleaved into `r` pairs of 16-bit values. The same arithmetic as [`super::round_block`]
+/// (`cvtps` rounds to nearest even, as its magic number does), so the same values and sums.
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn quantize_packed(columns: &Columns, x: &mut Quantized) {
+    let (n, k, r, blocks) = (columns.n, columns.k, columns.r, columns.k / BLOCK);
+    assert!((1..=8).contains(&r) && x.tile == r && x.n == n && x.k == k);
+    assert!(x.values.len() == n * k && x.scales.len() == n * blocks);
+    assert!(columns.panel_floats >= k * r && columns.data.len() >= n.div_ceil(r) * columns.panel_floats);
+    let lanes = ((1u32 << (2 * r)) - 1) as __mmask16;
+    let index = |f: &dyn Fn(usize) -> usize| {
+        let mut index = [0i32; 16];
+        for (l, i) in index.iter_mut().enumerate() {
+            *i = f(l).min(15) as i32;
+        }
+        // SAFETY: 16 i32 are 64 bytes.
+        unsafe { _mm512_loadu_si512(index.as_ptr() as *const __m512i) }
+    };
+    // Lane l of a pair: position l / r of the two, column l % r.
+    let column_of = index(&|l| l % r);
+    // Lanes r..2r onto 0..r.
+    let second_row = index(&|l| l + r);
+    // Output lane 2c + h takes the input lane of position h, column c.
+    let interleave = index(&|l| (l % 2) * r + l / 2);
+    let (zero, most) = (_mm512_setzero_ps(), _mm512_set1_ps(f32::MAX));
+    let (top, nan) = (_mm512_set1_ps(32767.0), _mm512_set1_ps(f32::NAN));
+    for panel in 0..n.div_ceil(r) {
+        let first = panel * r;
+        let width = (n - first).min(r);
+        let source = &columns.data[panel * columns.panel_floats..][..k * r];
+        for (blk, rows) in source.chunks_exact(BLOCK * r).enumerate() {
+            let mut largest = zero;
+            let mut unordered: __mmask16 = 0;
+            for pair in rows.chunks_exact(2 * r) {
+                // SAFETY: the mask reads the pair's 2r floats.
+                let v = unsafe { _mm512_maskz_loadu_ps(lanes, pair.as_ptr()) };
+                unordered |= _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+                largest = _mm512_max_ps(largest, _mm512_abs_ps(v));
+            }
+            largest = _mm512_max_ps(largest, _mm512_permutexvar_ps(second_row, largest));
+            let unordered = (unordered | unordered >> r) & ((1 << r) - 1);
+            let finite = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(largest, most) & !unordered;
+            let usable = finite & _mm512_cmp_ps_mask::<_CMP_GT_OQ>(largest, zero);
+            // An infinite or NaN value gives a NaN scale (NaN products), a block of zeros 0.
+            let scales = _mm512_mask_blend_ps(finite, nan, _mm512_div_ps(largest, top));
+            let at = &mut x.scales[first * blocks + blk * width..][..width];
+            // SAFETY: the mask stores `width` floats, the length of `at`.
+            unsafe { _mm512_mask_storeu_ps(at.as_mut_ptr(), (1 << width) - 1, scales) };
+            let inverse = _mm512_permutexvar_ps(column_of, _mm512_maskz_div_ps(usable, top, largest));
+            let usable = (0..2 * r).filter(|l| usable >> (l % r) & 1 == 1).fold(0, |m, l| m | 1 << l);
+            let mut sums = _mm512_setzero_si512();
+            for (pair, two) in rows.chunks_exact(2 * r).enumerate() {
+                // SAFETY: the mask reads the pair's 2r floats.
+                let v = unsafe { _mm512_maskz_loadu_ps(lanes, two.as_ptr()) };
+                let q = _mm512_maskz_cvtps_epi32(usable, _mm512_mul_ps(v, inverse));
+                sums = _mm512_add_epi32(sums, q);
+                let q = _mm512_permutexvar_epi32(interleave, q);
+                let at = &mut x.values[first * k + blk * BLOCK * width + pair * 2 * width..][..2 * width];
+                // SAFETY: the mask stores `2 width` 16-bit values, the length of `at`.
+                unsafe { _mm512_mask_cvtepi32_storeu_epi16(at.as_mut_ptr(), ((1u32 << (2 * width)) - 1) as u16, q) };
+            }
+            let sums = _mm512_add_epi32(sums, _mm512_permutexvar_epi32(second_row, sums));
+            let at = &mut x.sums[first * blocks + blk * width..][..width];
+            // SAFETY: the mask stores `width` i32, the length of `at`.
+            unsafe { _mm512_mask_storeu_epi32(at.as_mut_ptr(), (1 << width) - 1, sums) };
+        }
     }
 }
 
