@@ -18,10 +18,11 @@ pub enum Isa {
     Avx2,
     /// x86_64 with AVX-512F on top of AVX2: every fused kernel, in f32.
     Avx512,
-    /// AVX-512 with VNNI and VBMI: the one-token 4-bit product takes the activations rounded
-    /// to 16 bits per block of 32 (`vpdpwssd`); a rounding error within 1.5e-5 of the block's
-    /// largest value, far below what moves a greedy token (the golden tests run on it). 8 bits
-    /// (`vpdpbusd`, as llama.cpp) would round at 4e-3, which can change answers.
+    /// AVX-512 with VNNI and VBMI: the 4-bit products (one token and prompt chunks) take the
+    /// activations rounded to 16 bits per block of 32 (`vpdpwssd`); a rounding error within
+    /// 1.5e-5 of the block's largest value, far below what moves a greedy token (the golden
+    /// tests run on it). 8 bits (`vpdpbusd`, as llama.cpp) would round at 4e-3, which can
+    /// change answers.
     Avx512Vnni,
     /// aarch64 with NEON (every aarch64 CPU): every fused kernel, in f32.
     Neon,
@@ -135,9 +136,9 @@ impl Isa {
         matches!(self, Isa::Avx2 | Isa::Avx512Vnni)
     }
 
-    /// Prompt chunks round their activations too (`vpdpwssd`): with the columns' sums folded
-    /// into signed nibbles, 1.2-1.6x the f32 tiles on an AMD EPYC with AVX-512 (125-160
-    /// against 94-103 GMAC/s, `paths_side_by_side`).
+    /// Prompt chunks round their activations too (`vpdpwssd`), in place from tract's panels,
+    /// with the offset folded into signed nibbles: about 1.9x the f32 tiles on an AMD EPYC
+    /// (185-192 against 98-99 GMAC/s for 64 tokens, `paths_side_by_side`).
     pub fn rounds_chunk_activations(self) -> bool {
         matches!(self, Isa::Avx512Vnni)
     }
