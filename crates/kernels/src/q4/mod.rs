@@ -178,7 +178,13 @@ impl Quantized {
         if tile == columns.r && tile <= 8 && Isa::detected().runs(Isa::Avx512) {
             let mut quantized = Quantized::zeros(columns, tile);
             // SAFETY: the CPU has AVX-512F (checked).
-            unsafe { x86::quantize_packed(columns, &mut quantized) };
+            unsafe {
+                if tile == 1 {
+                    x86::quantize_rows(columns, &mut quantized);
+                } else {
+                    x86::quantize_packed(columns, &mut quantized);
+                }
+            }
             return quantized;
         }
         Quantized::value_by_value(columns, tile)

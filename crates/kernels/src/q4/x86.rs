@@ -461,6 +461,45 @@ pub(super) unsafe fn quantize_packed(columns: &Columns, x: &mut Quantized) {
     }
 }
 
+/// [`quantize_packed`] for columns one to a panel (a decode step's one token): a block is two
+/// registers, rounded with one scale and narrowed to 16 bits.
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn quantize_rows(columns: &Columns, x: &mut Quantized) {
+    let (n, k, blocks) = (columns.n, columns.k, columns.k / BLOCK);
+    assert!(columns.r == 1 && x.tile == 1 && x.n == n && x.k == k);
+    assert!(x.values.len() == n * k && x.scales.len() == n * blocks && x.sums.len() == n * blocks);
+    assert!(columns.panel_floats >= k && columns.data.len() >= (n - 1) * columns.panel_floats + k);
+    for t in 0..n {
+        let column = &columns.data[t * columns.panel_floats..][..k];
+        for (blk, block) in column.chunks_exact(BLOCK).enumerate() {
+            // SAFETY: `block` is 32 floats long.
+            let (a, b) = unsafe { (_mm512_loadu_ps(block.as_ptr()), _mm512_loadu_ps(block.as_ptr().add(16))) };
+            let unordered = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(a, a) | _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(b, b);
+            let largest = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b)));
+            let at = t * blocks + blk;
+            let values = &mut x.values[t * k + blk * BLOCK..][..BLOCK];
+            if unordered != 0 || !largest.is_finite() || largest == 0.0 {
+                // As [`super::round_block`]: NaN products from a NaN or infinite value.
+                values.fill(0);
+                (x.scales[at], x.sums[at]) = (if unordered == 0 && largest == 0.0 { 0.0 } else { f32::NAN }, 0);
+                continue;
+            }
+            let inverse = _mm512_set1_ps(32767.0 / largest);
+            let qa = _mm512_cvtps_epi32(_mm512_mul_ps(a, inverse));
+            let qb = _mm512_cvtps_epi32(_mm512_mul_ps(b, inverse));
+            // SAFETY: `values` is 32 16-bit values: 16 from each register.
+            unsafe {
+                _mm256_storeu_si256(values.as_mut_ptr() as *mut __m256i, _mm512_cvtepi32_epi16(qa));
+                _mm256_storeu_si256(values.as_mut_ptr().add(16) as *mut __m256i, _mm512_cvtepi32_epi16(qb));
+            }
+            (x.scales[at], x.sums[at]) = (largest / 32767.0, _mm512_reduce_add_epi32(_mm512_add_epi32(qa, qb)));
+        }
+    }
+}
+
 /// [`super::reference::panel_i16`] with AVX2's `vpmaddwd`: per two positions, each 16 bytes
 /// widen to 16-bit words and interleave into lanes of two words (one row, both positions),
 /// whose low and high nibbles meet the pair of activations, 16 multiply-adds an instruction.
