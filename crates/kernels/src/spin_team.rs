@@ -47,6 +47,13 @@ const WINDOW_JOBS: u32 = 256;
 /// caller's work between jobs; on a quiet machine two threads make about 1.8.
 const MIN_SPEEDUP: f64 = 1.25;
 
+/// A window is judged at once, however few its jobs, when they have already taken this much
+/// longer than the caller alone would have: a helper that lost its core in the middle of a
+/// part (every core shared with a busy process) costs a scheduler slice, and a prompt of 77
+/// tokens is over in about 256 jobs, before a whole window could send the team solo
+/// (`bench/contention.sh`, 2 busy processes: prefill on 2 threads at 0.40x of 1 thread).
+const POOR_LOSS: Duration = Duration::from_millis(2);
+
 /// How long the team first runs on the caller alone after a poor window; doubled after each
 /// further poor window, up to [`SOLO_MAX`].
 const SOLO_MIN: Duration = Duration::from_millis(16);
@@ -340,9 +347,9 @@ fn held(_: &Shared) -> bool {
     false
 }
 
-/// What the helpers save, judged over windows of [`WINDOW_JOBS`] jobs: the time the jobs took
-/// against the time the caller alone would have taken (its own parts' time, scaled to all
-/// parts).
+/// What the helpers save, judged over windows of [`WINDOW_JOBS`] jobs (or fewer, once they
+/// have lost [`POOR_LOSS`]): the time the jobs took against the time the caller alone would
+/// have taken (its own parts' time, scaled to all parts).
 #[derive(Default)]
 struct Balance {
     jobs: u32,
@@ -375,7 +382,7 @@ impl Balance {
         self.jobs += 1;
         self.took += took;
         self.alone += working * parts as u32 / mine as u32;
-        if self.jobs < WINDOW_JOBS {
+        if self.jobs < WINDOW_JOBS && self.took < self.alone + POOR_LOSS {
             return;
         }
         let speedup = self.alone.as_secs_f64() / self.took.as_secs_f64().max(1e-9);
@@ -592,5 +599,30 @@ mod tests {
             balance.record(us(40), us(38), 2, 2);
         }
         assert_eq!(balance.backoff, SOLO_MIN * 2, "a second poor window in a row sets them aside for longer");
+    }
+
+    /// A few jobs that lose a scheduler slice between them send the team solo at once; jobs
+    /// that lose a little each wait for the whole window.
+    #[test]
+    fn balance_goes_solo_at_once_when_a_window_has_lost_enough() {
+        let mut balance = Balance::default();
+        let us = Duration::from_micros;
+        for _ in 0..WINDOW_JOBS - 1 {
+            balance.record(us(24), us(19), 1, 2);
+            assert!(!balance.solo(), "a speed-up of 1.6 keeps the helpers");
+        }
+        let mut balance = Balance::default();
+        for _ in 0..WINDOW_JOBS - 1 {
+            balance.record(us(45), us(40), 2, 2);
+            assert!(!balance.solo(), "losing 5 us a job (1.3 ms in all): judged on the whole window");
+        }
+        balance.record(us(45), us(40), 2, 2);
+        assert!(balance.solo(), "the whole window: a speed-up of 0.9");
+        let mut balance = Balance::default();
+        balance.record(us(100), us(90), 1, 2);
+        assert!(!balance.solo());
+        balance.record(us(3100), us(90), 1, 2);
+        assert!(balance.solo(), "a job that waited 3 ms for a descheduled helper sets them aside");
+        assert_eq!(balance.backoff, SOLO_MIN);
     }
 }
