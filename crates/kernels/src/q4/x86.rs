@@ -5,6 +5,23 @@
 use super::{BLOCK, Columns, PANEL_BLOCK_BYTES, PANEL_ROWS, Quantized, QuantizedColumn, Scales};
 use std::arch::x86_64::*;
 
+/// `$block.tile::<W>($first, $rows)` for the tile's width `$width` (1 to 8): a kernel compiled
+/// for each width keeps its accumulators in registers.
+macro_rules! tile_of_width {
+    ($width:expr, $block:expr, $first:expr, $rows:expr) => {
+        match $width {
+            8 => $block.tile::<8>($first, $rows),
+            7 => $block.tile::<7>($first, $rows),
+            6 => $block.tile::<6>($first, $rows),
+            5 => $block.tile::<5>($first, $rows),
+            4 => $block.tile::<4>($first, $rows),
+            3 => $block.tile::<3>($first, $rows),
+            2 => $block.tile::<2>($first, $rows),
+            _ => $block.tile::<1>($first, $rows),
+        }
+    };
+}
+
 /// [`panel_avx2`] with sixteen rows per register: per position, 16 bytes widen to
 /// sixteen lanes whose low and high nibbles are rows 0..16 and 16..32. Two positions at a
 /// time, in separate accumulators, to keep both FMA units fed.
@@ -98,16 +115,7 @@ pub(super) unsafe fn panel_columns_avx512(
             while t < panel_end {
                 let tile = (panel_end - t).min(8);
                 let rows = &mut rows[t * PANEL_ROWS..(t + tile) * PANEL_ROWS];
-                match tile {
-                    8 => block.tile::<8>(t, rows),
-                    7 => block.tile::<7>(t, rows),
-                    6 => block.tile::<6>(t, rows),
-                    5 => block.tile::<5>(t, rows),
-                    4 => block.tile::<4>(t, rows),
-                    3 => block.tile::<3>(t, rows),
-                    2 => block.tile::<2>(t, rows),
-                    _ => block.tile::<1>(t, rows),
-                }
+                tile_of_width!(tile, block, t, rows);
                 t += tile;
             }
         }
@@ -324,20 +332,7 @@ pub(super) unsafe fn panel_columns_vnni(panel: &[u8], placement: Scales, x: &Qua
         while t < n {
             let tile = (n - t).min(x.tile);
             let rows = &mut rows[t * PANEL_ROWS..(t + tile) * PANEL_ROWS];
-            match tile {
-                12 => block.tile::<12>(t, rows),
-                11 => block.tile::<11>(t, rows),
-                10 => block.tile::<10>(t, rows),
-                9 => block.tile::<9>(t, rows),
-                8 => block.tile::<8>(t, rows),
-                7 => block.tile::<7>(t, rows),
-                6 => block.tile::<6>(t, rows),
-                5 => block.tile::<5>(t, rows),
-                4 => block.tile::<4>(t, rows),
-                3 => block.tile::<3>(t, rows),
-                2 => block.tile::<2>(t, rows),
-                _ => block.tile::<1>(t, rows),
-            }
+            tile_of_width!(tile, block, t, rows);
             t += tile;
         }
     }
