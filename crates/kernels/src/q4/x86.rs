@@ -382,8 +382,9 @@ impl QuantizedBlock<'_> {
     }
 }
 
-/// [`Quantized::new`] for columns packed by tract in panels of `r <= 8` (per position, the
-/// panel's `r` values side by side), into tiles of the same `r` columns: each pair of
+/// [`Quantized::new`] for columns packed by tract in panels of `2 <= r <= 8` (per position,
+/// the panel's `r` values side by side; one to a panel is [`quantize_rows`]'s), into tiles
+/// of the same `r` columns: each pair of
 /// positions is one register of `2 r` floats, rounded with its columns' inverse scales and
 /// interleaved into `r` pairs of 16-bit values. The same arithmetic as [`super::round_block`]
 /// (`cvtps` rounds to nearest even, as its magic number does), so the same values and sums.
@@ -393,7 +394,7 @@ impl QuantizedBlock<'_> {
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn quantize_packed(columns: &Columns, x: &mut Quantized) {
     let (n, k, r, blocks) = (columns.n, columns.k, columns.r, columns.k / BLOCK);
-    assert!((1..=8).contains(&r) && x.tile == r && x.n == n && x.k == k);
+    assert!((2..=8).contains(&r) && x.tile == r && x.n == n && x.k == k);
     assert!(x.values.len() == n * k && x.scales.len() == n * blocks);
     assert!(columns.panel_floats >= k * r && columns.data.len() >= n.div_ceil(r) * columns.panel_floats);
     let lanes = ((1u32 << (2 * r)) - 1) as __mmask16;
