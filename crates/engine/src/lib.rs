@@ -12,6 +12,7 @@
 //! after the fixed system prompt is kept and reused by later requests.
 
 mod attention;
+mod axis_chain;
 mod compiled_cache;
 pub mod embedder;
 pub mod family;
@@ -602,6 +603,12 @@ fn build_plan(
     // EDGELLM_TRACT_Q4=1 leaves the 4-bit products to tract alone, for side-by-side measurements.
     let q4_matvecs =
         if std::env::var_os("EDGELLM_TRACT_Q4").is_some() { 0 } else { q4_matvec::accelerate_q4_matvecs(&mut typed) };
+    let zero_points_fused = q4_matvec::fuse_zero_point_corrections(&mut typed)?;
+    let axis_nodes_fused = if std::env::var_os("EDGELLM_KEEP_AXIS_NODES").is_some() {
+        0
+    } else {
+        axis_chain::fuse_axis_chains(&mut typed)?
+    };
     let optimized = started.elapsed();
     // No executor in the plan: `forward` picks one per step.
     let plan = typed.into_runnable_with_options(&RunOptions::default())?;
@@ -614,6 +621,8 @@ fn build_plan(
         fused_ropes,
         fused_softmaxes,
         q4_matvecs,
+        zero_points_fused,
+        axis_nodes_fused,
         "model load phases"
     );
     Ok((plan, io, cache, q4_matvecs))

@@ -10,15 +10,22 @@
 //! without AVX2). tract packs the panels with the scales first on x86_64 and last on aarch64
 //! (`scales_at_end`); the wrap takes either. The weights are not copied.
 
+use std::sync::Arc;
+
 use edgellm_kernels::Isa;
 use edgellm_kernels::q4::{BLOCK, Columns, Outputs, PANEL_BLOCK_BYTES, PANEL_ROWS, Scales, product};
 use edgellm_kernels::spin_team;
 use tract_linalg::block_quant::{PackedBlockQuantFormat, Q4_0};
-use tract_linalg::mmm::{EagerPackedInput, PackedMatrixStorage};
+use tract_linalg::mmm::{EagerPackedInput, MMMInputValue, PackedMatrixStorage};
 use tract_linalg::pack::PackedFormat;
 use tract_onnx::prelude::*;
-use tract_onnx::tract_core::internal::{EvalContext, EvalOp, Op, SessionId, StaticName, TypedOp};
+use tract_onnx::tract_core::internal::{EvalContext, EvalOp, Op, SessionId, StaticName, TypedModelPatch, TypedOp};
+use tract_onnx::tract_core::ops::change_axes::AxisOp;
 use tract_onnx::tract_core::ops::matmul::optimized::{MatMulOperand, OptMatMul, ProtoFusedSpec};
+use tract_onnx::tract_core::ops::matmul::pack::OptMatMulPack;
+use tract_onnx::tract_core::ops::nn::{Reduce, Reducer};
+
+use crate::tuning::SameShapeBinary;
 
 /// Wraps every 4-bit weight product the fused kernels can take; returns how many.
 pub(super) fn accelerate_q4_matvecs(model: &mut TypedModel) -> usize {
@@ -28,8 +35,184 @@ pub(super) fn accelerate_q4_matvecs(model: &mut TypedModel) -> usize {
     super::tuning::replace_ops(model, Q4MatVec::wrap)
 }
 
+/// Folds the zero points of an asymmetric 4-bit weight into its [`Q4MatVec`]; returns how many.
+///
+/// tract reads such a weight as symmetric Q4_0 and adds a second product for the zero points:
+/// the activations' sums per block of 32 (a reshape and a `Reduce<Sum>`) times a constant
+/// `m x k/32` matrix, packed and multiplied by its f32 kernels, then added to the 4-bit
+/// product. That is six nodes a layer (o_proj keeps zero points, see models/convert.py) and
+/// 4% of a decode step. [`Q4MatVec`] takes the matrix and adds `Z s` itself, from the block
+/// sums of the activations it already holds.
+pub(super) fn fuse_zero_point_corrections(model: &mut TypedModel) -> TractResult<usize> {
+    let mut fused = 0;
+    for add in model.eval_order()? {
+        let Some(found) = zero_point_correction(model, add)? else { continue };
+        let mut op = model.node(found.product).op_as::<Q4MatVec>().expect("a Q4MatVec").clone();
+        op.zero_points = Some(found.zero_points);
+        model.node_mut(found.product).op = Box::new(op);
+        let mut patch = TypedModelPatch::default();
+        let product = patch.tap_model(model, OutletId::new(found.product, 0))?;
+        patch.shunt_outside(model, OutletId::new(add, 0), product)?;
+        patch.apply(model)?;
+        fused += 1;
+    }
+    Ok(fused)
+}
+
+struct ZeroPointCorrection {
+    /// The `Q4MatVec` node whose output the add corrects.
+    product: usize,
+    zero_points: ZeroPoints,
+}
+
+/// Whether node `add` adds a zero-point product to a [`Q4MatVec`]'s output, as tract builds it:
+/// `Q4MatVec(pack(x)) + OptMatMul(Z, pack(blocksum(x)))` with the same `x` (up to reshapes).
+fn zero_point_correction(model: &TypedModel, add: usize) -> TractResult<Option<ZeroPointCorrection>> {
+    let node = model.node(add);
+    if !node.op_as::<SameShapeBinary>().is_some_and(SameShapeBinary::is_add) || node.inputs.len() != 2 {
+        return Ok(None);
+    }
+    let only_read_here = |outlet: OutletId| {
+        model.node(outlet.node).outputs[outlet.slot].successors.len() == 1 && !model.outputs.contains(&outlet)
+    };
+    for (product_in, correction_in) in [(node.inputs[0], node.inputs[1]), (node.inputs[1], node.inputs[0])] {
+        let Some(q4) = model.node(product_in.node).op_as::<Q4MatVec>() else { continue };
+        let Some(correction) = model.node(correction_in.node).op_as::<OptMatMul>() else { continue };
+        if q4.zero_points.is_some() || !only_read_here(product_in) || !only_read_here(correction_in) {
+            continue;
+        }
+        if correction.c_fact != q4.inner.c_fact
+            || correction.c_m_axis != q4.inner.c_m_axis
+            || correction.c_n_axis != q4.inner.c_n_axis
+        {
+            continue;
+        }
+        let [
+            ProtoFusedSpec::AddMatMul { a: MatMulOperand::Const(z), b: MatMulOperand::Input(0), .. },
+            ProtoFusedSpec::Store(_),
+        ] = correction.micro_ops.as_slice()
+        else {
+            continue;
+        };
+        let Some(zero_points) = ZeroPoints::unpack(&**z, q4.m, q4.k / BLOCK) else { continue };
+        // The activations both sides read, back through the packing and reshapes.
+        let Some(q4_activations) = packed_from(model, model.node(product_in.node).inputs[q4.b_input]) else { continue };
+        let Some(summed) = packed_from(model, model.node(correction_in.node).inputs[0]) else { continue };
+        let reduce_node = model.node(summed.node);
+        let Some(reduce) = reduce_node.op_as::<Reduce>() else { continue };
+        let blocks_in = model.outlet_fact(reduce_node.inputs[0])?;
+        let rank = blocks_in.rank();
+        let is_block_sum = reduce.reducer == Reducer::Sum
+            && reduce.axes[..] == [rank - 1]
+            && blocks_in.shape[rank - 1] == BLOCK.to_dim()
+            && blocks_in.shape[rank - 2] == (q4.k / BLOCK).to_dim();
+        if !is_block_sum || !only_read_here(summed) {
+            continue;
+        }
+        let sums_of = reshaped_from(model, reduce_node.inputs[0]);
+        if !reshaped_from_all(model, q4_activations).contains(&sums_of) {
+            continue;
+        }
+        return Ok(Some(ZeroPointCorrection { product: product_in.node, zero_points }));
+    }
+    Ok(None)
+}
+
+/// The outlet an `OptMatMulPack` node packs, back through reshapes.
+fn packed_from(model: &TypedModel, packed: OutletId) -> Option<OutletId> {
+    let pack = model.node(packed.node);
+    pack.op_as::<OptMatMulPack>()?;
+    Some(reshaped_from(model, *pack.inputs.first()?))
+}
+
+/// Where `outlet`'s values come from, back through nodes that only reshape (no axis moves),
+/// every outlet on the way.
+fn reshaped_from_all(model: &TypedModel, mut outlet: OutletId) -> Vec<OutletId> {
+    let mut path = vec![outlet];
+    loop {
+        let node = model.node(outlet.node);
+        let reshapes = match node.op_as::<AxisOp>() {
+            Some(AxisOp::Move(..)) | None => {
+                node.op_as::<crate::axis_chain::AxisChain>().is_some_and(|c| c.only_reshapes())
+            }
+            Some(_) => true,
+        };
+        if !reshapes || node.inputs.len() != 1 {
+            return path;
+        }
+        outlet = node.inputs[0];
+        path.push(outlet);
+    }
+}
+
+fn reshaped_from(model: &TypedModel, outlet: OutletId) -> OutletId {
+    *reshaped_from_all(model, outlet).last().unwrap_or(&outlet)
+}
+
+/// A weight's zero-point matrix `Z` (`m x blocks`), stored block-major for the correction's
+/// loop: `c[t][i] += sum over b of Z[i][b] * s[t][b]`, `s` the activations' block sums.
+#[derive(Clone, Debug)]
+struct ZeroPoints {
+    blocks: usize,
+    /// `blocks` rows of `m`.
+    by_block: Arc<Vec<f32>>,
+}
+
+impl PartialEq for ZeroPoints {
+    fn eq(&self, other: &Self) -> bool {
+        self.blocks == other.blocks
+            && self.by_block.len() == other.by_block.len()
+            && self.by_block.iter().zip(other.by_block.iter()).all(|(a, b)| a.to_bits() == b.to_bits())
+    }
+}
+
+impl Eq for ZeroPoints {}
+
+impl ZeroPoints {
+    /// `Z` out of tract's f32 packing (panels of `r` rows, each `k` steps of `r` values), if
+    /// `z` is that and `m x blocks`.
+    fn unpack(z: &dyn MMMInputValue, m: usize, blocks: usize) -> Option<ZeroPoints> {
+        let z = z.downcast_ref::<EagerPackedInput>()?;
+        let format = z.fact.format.downcast_ref::<PackedFormat>()?;
+        let r = format.r;
+        if format.dt != f32::datum_type() || z.mn != m || z.fact.k != blocks || r == 0 || z.panel_bytes % 4 != 0 {
+            return None;
+        }
+        let panel_floats = z.panel_bytes / 4;
+        if z.packed.len() < m.div_ceil(r) * z.panel_bytes || panel_floats < blocks * r {
+            return None;
+        }
+        let value = |row: usize, b: usize| {
+            let at = (row / r * panel_floats + b * r + row % r) * 4;
+            let bytes = &z.packed[at..at + 4];
+            f32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
+        };
+        let by_block = (0..blocks).flat_map(|b| (0..m).map(move |row| value(row, b))).collect();
+        Some(ZeroPoints { blocks, by_block: Arc::new(by_block) })
+    }
+
+    /// Adds `Z s` to each of the `n` columns of `c` (`m` outputs `stride_m` apart, columns
+    /// `stride_n` apart); `sums`: `n` rows of `blocks`.
+    fn add_to(&self, sums: &[f32], c: &mut [f32], stride_m: usize, stride_n: usize) {
+        let m = self.by_block.len() / self.blocks;
+        let mut column = vec![0f32; m];
+        for (t, sums) in sums.chunks_exact(self.blocks).enumerate() {
+            column.fill(0.0);
+            for (z, &s) in self.by_block.chunks_exact(m).zip(sums) {
+                for (acc, &z) in column.iter_mut().zip(z) {
+                    *acc += z * s;
+                }
+            }
+            for (i, v) in column.iter().enumerate() {
+                c[t * stride_n + i * stride_m] += v;
+            }
+        }
+    }
+}
+
 /// One product `c = W x` with a constant Q4_0 weight `W` (`m x k`, packed by tract) and the
-/// activations as input `b`; what the fused kernels do not take goes to `inner`.
+/// activations as input `b`, plus the weight's zero points when it has them; what the fused
+/// kernels do not take goes to `inner`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct Q4MatVec {
     inner: OptMatMul,
@@ -38,6 +221,7 @@ pub(super) struct Q4MatVec {
     b_input: usize,
     m: usize,
     k: usize,
+    zero_points: Option<ZeroPoints>,
 }
 
 impl Q4MatVec {
@@ -66,7 +250,7 @@ impl Q4MatVec {
         {
             return None;
         }
-        Some(Q4MatVec { inner: op.clone(), weight: weight.clone(), scales, b_input: *b_input, m, k })
+        Some(Q4MatVec { inner: op.clone(), weight: weight.clone(), scales, b_input: *b_input, m, k, zero_points: None })
     }
 
     /// The activations in place, if `b` holds one f32 matrix packed by tract (panels of `r`
@@ -108,26 +292,41 @@ impl EvalOp for Q4MatVec {
 
     fn eval(&self, ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let c_shape = self.inner.c_fact.shape.eval_to_usize(ctx.symbols)?;
+        let strides = Tensor::natural_strides(&c_shape);
+        let stride_of = |axis: Option<usize>| axis.map(|ax| strides[ax] as usize).unwrap_or(0);
+        let (stride_m, stride_n) = (stride_of(self.inner.c_m_axis), stride_of(self.inner.c_n_axis));
         let team = spin_team::current();
         let wanted = |n| self.handles(&c_shape, n);
-        if let Some(columns) = inputs.get(self.b_input).and_then(|b| self.columns(b, wanted)) {
+        let b = inputs.get(self.b_input);
+        let sums = match &self.zero_points {
+            Some(_) => {
+                let columns = b.and_then(|b| self.columns(b, |_| true));
+                let columns = columns.ok_or_else(|| anyhow::anyhow!("zero points on activations not packed as f32"))?;
+                Some(columns.block_sums())
+            }
+            None => None,
+        };
+        let mut c = if let Some(columns) = b.and_then(|b| self.columns(b, wanted)) {
             let n = columns.len();
             let panels = &self.weight.packed[..self.m.div_ceil(PANEL_ROWS) * self.weight.panel_bytes];
-            let strides = Tensor::natural_strides(&c_shape);
-            let stride_of = |axis: Option<usize>| axis.map(|ax| strides[ax] as usize).unwrap_or(0);
             let mut c = Tensor::zero::<f32>(&c_shape)?;
             let mut view = c.try_as_plain_ram_mut()?;
-            let outputs = Outputs::new(
-                view.as_slice_mut::<f32>()?,
-                self.m,
-                n,
-                stride_of(self.inner.c_m_axis),
-                stride_of(self.inner.c_n_axis),
-            );
+            let outputs = Outputs::new(view.as_slice_mut::<f32>()?, self.m, n, stride_m, stride_n);
             product(panels, self.scales, &columns, &outputs, team.as_deref(), Isa::current());
-            return Ok(tvec!(c.into_tvalue()));
+            c
+        } else {
+            let mut outputs = self.inner.eval(ctx, inputs)?;
+            match (&self.zero_points, outputs.pop()) {
+                (None, Some(c)) => return Ok(tvec!(c)),
+                (Some(_), Some(c)) => c.into_tensor(),
+                (_, None) => anyhow::bail!("the wrapped product gave no output"),
+            }
+        };
+        if let (Some(zero_points), Some(sums)) = (&self.zero_points, sums) {
+            let mut view = c.try_as_plain_ram_mut()?;
+            zero_points.add_to(&sums, view.as_slice_mut::<f32>()?, stride_m, stride_n);
         }
-        self.inner.eval(ctx, inputs)
+        Ok(tvec!(c.into_tvalue()))
     }
 }
 
@@ -169,6 +368,41 @@ mod tests {
     use super::*;
     use edgellm_kernels::q4::layout;
     use tract_linalg::block_quant::BlockQuant;
+
+    /// `Z` comes out of tract's f32 packing as it went in (odd row counts, panels of 64 as
+    /// the zero-point product's, and 6), and `Z s` added to the columns equals the naive sums.
+    #[test]
+    fn zero_points_unpack_and_correct_as_the_naive_product() -> TractResult<()> {
+        for (m, blocks, r) in [(576, 18, 64), (100, 3, 6), (5, 2, 64)] {
+            let z: Vec<f32> = (0..m * blocks).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.125).collect();
+            let packed = PackedFormat::new(f32::datum_type(), r, 64).pack_tensor(
+                &Tensor::from_shape(&[m, blocks], &z)?,
+                1,
+                0,
+            )?;
+            let zero_points = ZeroPoints::unpack(&*packed, m, blocks).expect("tract's f32 packing");
+            assert!(
+                ZeroPoints::unpack(&*packed, m + 1, blocks).is_none()
+                    && ZeroPoints::unpack(&*packed, m, blocks + 1).is_none()
+            );
+            let n = 3;
+            let sums: Vec<f32> = (0..n * blocks).map(|i| (i % 7) as f32 - 2.5).collect();
+            // Outputs laid out as the products store them: columns m apart.
+            let mut c: Vec<f32> = (0..n * m).map(|i| i as f32).collect();
+            zero_points.add_to(&sums, &mut c, 1, m);
+            for t in 0..n {
+                for i in 0..m {
+                    let expected: f32 =
+                        (0..blocks).map(|b| z[i * blocks + b] * sums[t * blocks + b]).sum::<f32>() + (t * m + i) as f32;
+                    assert!(
+                        (c[t * m + i] - expected).abs() <= 1e-3 * expected.abs().max(1.0),
+                        "{m}x{blocks} r{r} column {t} row {i}"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
 
     /// The kernels read tract's packing as `layout::pack` writes it, with the scales first
     /// (x86_64's f32 kernels) or last (aarch64's): the two agree byte for byte on real rows.

@@ -240,6 +240,12 @@ pub(super) struct SameShapeBinary {
     kernel: Arc<BinFn>,
 }
 
+impl SameShapeBinary {
+    pub(super) fn is_add(&self) -> bool {
+        self.binop.name() == "Add"
+    }
+}
+
 impl std::fmt::Debug for SameShapeBinary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "SameShapeBinary({})", self.binop.name())

@@ -123,8 +123,8 @@ impl<'a> Columns<'a> {
     }
 
     /// The sum of each block of 32 values: `n` rows of `k / 32`. A panel's `r` columns are
-    /// summed side by side, as they lie.
-    fn block_sums(&self) -> Vec<f32> {
+    /// summed side by side, as they lie. (What a weight's zero points multiply.)
+    pub fn block_sums(&self) -> Vec<f32> {
         let blocks = self.k / BLOCK;
         if self.r == 1 {
             let column = |t| &self.data[self.start(t)..][..self.k];
