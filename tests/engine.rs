@@ -76,6 +76,7 @@ fn compiled_model_cache_is_written_reused_and_rebuilt_when_damaged() {
     let mut first = load();
     assert_eq!(first.info().compiled_cache, CacheOutcome::Written);
     check(&mut first);
+    let fused = first.graph_fusions();
     drop(first);
     let archives: Vec<_> = std::fs::read_dir(cache.path())
         .unwrap()
@@ -87,6 +88,15 @@ fn compiled_model_cache_is_written_reused_and_rebuilt_when_damaged() {
     let mut second = load();
     assert_eq!(second.info().compiled_cache, CacheOutcome::Loaded);
     check(&mut second);
+    // The archive's graph (back from NNEF) takes the same passes: every o_proj adds its zero
+    // points itself (the last layer's, sliced to one position, may keep tract's correction).
+    let layers = second.manifest().dims.layers;
+    for (graph, fusions) in [("built", fused), ("loaded", second.graph_fusions())] {
+        if fusions.q4_products > 0 {
+            assert!(fusions.zero_points + 1 >= layers, "{graph}: {fusions:?}, {layers} layers");
+        }
+        assert!(fusions.axis_nodes_removed >= 10 * layers, "{graph}: {fusions:?}");
+    }
     drop(second);
 
     // One byte flipped in the middle of the weights.

@@ -46,7 +46,7 @@ pub(super) fn fuse_axis_chains(model: &mut TypedModel) -> TractResult<usize> {
             let op = model.node(node).op_as::<AxisOp>().expect("an axis node");
             let shape = model.outlet_fact(OutletId::new(node, 0))?.shape.clone();
             match (op, steps.last_mut()) {
-                (AxisOp::Move(from, to), _) => {
+                (AxisOp::Move(from, to), _) if !keeps_values_in_order(model, node) => {
                     steps.push(Step::Move(*from, *to));
                     shape_before = shape;
                     continue;
@@ -140,7 +140,7 @@ impl EvalOp for AxisChain {
                     let mut shape: TVec<usize> = tensor.shape().into();
                     let moved = shape.remove(from);
                     shape.insert(to, moved);
-                    if keeps_order(tensor.shape(), from, to) {
+                    if keeps_order(tensor.shape(), from, to, &1) {
                         tensor.set_shape(&shape)?;
                     } else {
                         tensor = tensor.moved_axis(from, to)?;
@@ -154,9 +154,26 @@ impl EvalOp for AxisChain {
 
 /// Whether moving axis `from` to `to` leaves the elements in the same row-major order: the
 /// moved axis is a unit axis, or every axis it crosses is.
-fn keeps_order(shape: &[usize], from: usize, to: usize) -> bool {
+fn keeps_order<D: PartialEq>(shape: &[D], from: usize, to: usize, one: &D) -> bool {
     let crossed = if from < to { from + 1..to + 1 } else { to..from };
-    shape[from] == 1 || shape[crossed].iter().all(|&d| d == 1)
+    shape[from] == *one || shape[crossed].iter().all(|d| d == one)
+}
+
+/// Whether axis node `id` keeps its input's values in order, whatever the symbols: a reshape,
+/// an added or removed unit axis, or a move that only crosses unit axes.
+pub(super) fn keeps_values_in_order(model: &TypedModel, id: usize) -> bool {
+    let node = model.node(id);
+    match node.op_as::<AxisOp>() {
+        Some(AxisOp::Move(from, to)) => {
+            node.inputs.len() == 1
+                && model.outlet_fact(node.inputs[0]).is_ok_and(|fact| {
+                    let dims: Vec<TDim> = fact.shape.iter().cloned().collect();
+                    *from < dims.len() && *to < dims.len() && keeps_order(&dims, *from, *to, &TDim::Val(1))
+                })
+        }
+        Some(_) => true,
+        None => node.op_as::<AxisChain>().is_some_and(AxisChain::only_reshapes),
+    }
 }
 
 impl TypedOp for AxisChain {
@@ -220,12 +237,12 @@ mod tests {
 
     #[test]
     fn a_move_across_unit_axes_keeps_the_order() {
-        assert!(keeps_order(&[1, 1, 9, 64], 1, 2));
-        assert!(keeps_order(&[1, 9, 1, 64], 1, 2));
-        assert!(keeps_order(&[1, 9, 1, 64], 2, 1));
-        assert!(!keeps_order(&[1, 5, 9, 64], 1, 2));
-        assert!(!keeps_order(&[1, 9, 5, 64], 2, 1));
-        assert!(!keeps_order(&[2, 3, 4], 0, 2));
-        assert!(keeps_order(&[2, 1, 1], 0, 2));
+        assert!(keeps_order(&[1, 1, 9, 64], 1, 2, &1));
+        assert!(keeps_order(&[1, 9, 1, 64], 1, 2, &1));
+        assert!(keeps_order(&[1, 9, 1, 64], 2, 1, &1));
+        assert!(!keeps_order(&[1, 5, 9, 64], 1, 2, &1));
+        assert!(!keeps_order(&[1, 9, 5, 64], 2, 1, &1));
+        assert!(!keeps_order(&[2, 3, 4], 0, 2, &1));
+        assert!(keeps_order(&[2, 1, 1], 0, 2, &1));
     }
 }

@@ -173,6 +173,17 @@ struct ModelIo {
     head_dim: usize,
 }
 
+/// What the graph passes after tract's optimisation changed in the plan (see `build_plan`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct GraphFusions {
+    /// 4-bit products on edgellm's kernels ([`q4_matvec`]).
+    pub q4_products: usize,
+    /// Of those, products that add their weight's zero points themselves.
+    pub zero_points: usize,
+    /// Axis nodes (reshapes, moves) gone from the plan ([`axis_chain`]).
+    pub axis_nodes_removed: usize,
+}
+
 /// The model state of one sequence: cheap to clone, since tensors are shared.
 #[derive(Clone)]
 pub struct DecodeState {
@@ -187,6 +198,7 @@ struct PrefixSnapshot {
 
 pub struct Engine {
     plan: Arc<TypedRunnableModel>,
+    fusions: GraphFusions,
     /// tract's thread pool, for prompt chunks the team does not take (see `forward`).
     executor: Option<tract_linalg::multithread::Executor>,
     /// Spinning helpers for the fused 4-bit products (see `spin_team`).
@@ -227,7 +239,7 @@ impl Engine {
         };
         // With a checksum in the manifest, the model is built on its word while a second thread
         // checks the file, and nothing built is used unless the file matches.
-        let (sha, (plan, io, compiled_cache, fused_q4)) = match manifest.model_sha256.as_deref() {
+        let (sha, (plan, io, compiled_cache, fusions)) = match manifest.model_sha256.as_deref() {
             Some(expected) => std::thread::scope(|scope| {
                 let expected = expected.to_ascii_lowercase();
                 let checking = scope.spawn(check);
@@ -263,7 +275,7 @@ impl Engine {
         let family = manifest.family()?;
         // Where the fused products take prompt chunks, the team runs them and tract's pool is
         // left out: its threads made the rest of a chunk slower, not faster (measured).
-        let chunks_on_team = fused_q4 > 0 && q4_matvec::wide_kernel_available();
+        let chunks_on_team = fusions.q4_products > 0 && q4_matvec::wide_kernel_available();
         let executor = (options.threads > 1 && !chunks_on_team)
             .then(|| tract_linalg::multithread::Executor::multithread_with_name(options.threads, "edgellm-mm"));
         let team = match options.threads {
@@ -274,6 +286,7 @@ impl Engine {
         };
         Ok(Engine {
             plan,
+            fusions,
             executor,
             team,
             io,
@@ -290,6 +303,11 @@ impl Engine {
 
     pub fn info(&self) -> &ModelInfo {
         &self.info
+    }
+
+    /// What edgellm's graph passes did to tract's plan of this model.
+    pub fn graph_fusions(&self) -> GraphFusions {
+        self.fusions
     }
 
     /// Loads the embedding model in `dir`; it stays loaded for the engine's life.
@@ -588,7 +606,7 @@ fn build_plan(
     sha256: &str,
     manifest: &ModelManifest,
     cache_dir: Option<&Path>,
-) -> TractResult<(Arc<TypedRunnableModel>, ModelIo, CacheOutcome, usize)> {
+) -> TractResult<(Arc<TypedRunnableModel>, ModelIo, CacheOutcome, GraphFusions)> {
     let started = Instant::now();
     let (mut typed, cache) = match cache_dir {
         Some(dir) => compiled_cache::load_or_build(dir, sha256, || decluttered_from_onnx(path, manifest))?,
@@ -625,7 +643,9 @@ fn build_plan(
         axis_nodes_fused,
         "model load phases"
     );
-    Ok((plan, io, cache, q4_matvecs))
+    let fusions =
+        GraphFusions { q4_products: q4_matvecs, zero_points: zero_points_fused, axis_nodes_removed: axis_nodes_fused };
+    Ok((plan, io, cache, fusions))
 }
 
 /// The ONNX graph parsed, typed, simplified, with the KV cache moved into the model state

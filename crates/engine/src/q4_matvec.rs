@@ -20,7 +20,6 @@ use tract_linalg::mmm::{EagerPackedInput, MMMInputValue, PackedMatrixStorage};
 use tract_linalg::pack::PackedFormat;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::{EvalContext, EvalOp, Op, SessionId, StaticName, TypedModelPatch, TypedOp};
-use tract_onnx::tract_core::ops::change_axes::AxisOp;
 use tract_onnx::tract_core::ops::matmul::optimized::{MatMulOperand, OptMatMul, ProtoFusedSpec};
 use tract_onnx::tract_core::ops::matmul::pack::OptMatMulPack;
 use tract_onnx::tract_core::ops::nn::{Reduce, Reducer};
@@ -125,18 +124,13 @@ fn packed_from(model: &TypedModel, packed: OutletId) -> Option<OutletId> {
     Some(reshaped_from(model, *pack.inputs.first()?))
 }
 
-/// Where `outlet`'s values come from, back through nodes that only reshape (no axis moves),
-/// every outlet on the way.
+/// Where `outlet`'s values come from, back through nodes that keep them in order (reshapes,
+/// unit axes added, removed or moved), every outlet on the way.
 fn reshaped_from_all(model: &TypedModel, mut outlet: OutletId) -> Vec<OutletId> {
     let mut path = vec![outlet];
     loop {
         let node = model.node(outlet.node);
-        let reshapes = match node.op_as::<AxisOp>() {
-            Some(AxisOp::Move(..)) | None => {
-                node.op_as::<crate::axis_chain::AxisChain>().is_some_and(|c| c.only_reshapes())
-            }
-            Some(_) => true,
-        };
+        let reshapes = crate::axis_chain::keeps_values_in_order(model, outlet.node);
         if !reshapes || node.inputs.len() != 1 {
             return path;
         }
