@@ -180,6 +180,8 @@ pub struct GraphFusions {
     pub q4_products: usize,
     /// Of those, products that add their weight's zero points themselves.
     pub zero_points: usize,
+    /// Packings of prompt chunks in panels of 8 columns for the 16-bit tiles.
+    pub wide_packs: usize,
     /// Axis nodes (reshapes, moves) gone from the plan ([`axis_chain`]).
     pub axis_nodes_removed: usize,
 }
@@ -622,6 +624,11 @@ fn build_plan(
     let q4_matvecs =
         if std::env::var_os("EDGELLM_TRACT_Q4").is_some() { 0 } else { q4_matvec::accelerate_q4_matvecs(&mut typed) };
     let zero_points_fused = q4_matvec::fuse_zero_point_corrections(&mut typed)?;
+    let wide_packs = if std::env::var_os("EDGELLM_TRACT_PANELS").is_some() {
+        0
+    } else {
+        q4_matvec::pack_chunks_for_wide_tiles(&mut typed)?
+    };
     let axis_nodes_fused = if std::env::var_os("EDGELLM_KEEP_AXIS_NODES").is_some() {
         0
     } else {
@@ -640,11 +647,16 @@ fn build_plan(
         fused_softmaxes,
         q4_matvecs,
         zero_points_fused,
+        wide_packs,
         axis_nodes_fused,
         "model load phases"
     );
-    let fusions =
-        GraphFusions { q4_products: q4_matvecs, zero_points: zero_points_fused, axis_nodes_removed: axis_nodes_fused };
+    let fusions = GraphFusions {
+        q4_products: q4_matvecs,
+        zero_points: zero_points_fused,
+        wide_packs,
+        axis_nodes_removed: axis_nodes_fused,
+    };
     Ok((plan, io, cache, fusions))
 }
 

@@ -34,6 +34,95 @@ pub(super) fn accelerate_q4_matvecs(model: &mut TypedModel) -> usize {
     super::tuning::replace_ops(model, Q4MatVec::wrap)
 }
 
+/// Columns per panel for prompt chunks on the 16-bit tiles (AVX-512 VNNI): the widest tile.
+const CHUNK_PANEL_COLUMNS: usize = 8;
+
+/// Repacks the activations of prompt chunks in panels of [`CHUNK_PANEL_COLUMNS`] columns for
+/// the products that only [`Q4MatVec`]'s 16-bit tiles take; returns how many packing nodes.
+///
+/// tract packs them in panels of 6 columns, the width of its own AVX-512 f32 tile, and the
+/// rounded tiles follow its panels: a 20-token question was four passes over every weight
+/// (6 + 6 + 6 + 2 columns), with 8 it is three (8 + 8 + 4), and a 64-token chunk eight
+/// instead of eleven. One token stays one column. Only where the CPU takes chunks on the
+/// 16-bit tiles, so that tract's own kernels (which read panels of 6) never see these.
+pub(super) fn pack_chunks_for_wide_tiles(model: &mut TypedModel) -> TractResult<usize> {
+    if !(wide_kernel_available() && Isa::current().rounds_chunk_activations()) {
+        return Ok(0);
+    }
+    let mut repacked = 0;
+    for id in model.eval_order()? {
+        let node = model.node(id);
+        if !node.op_is::<OptMatMulPack>() || node.inputs.len() != 1 || model.outputs.contains(&OutletId::new(id, 0)) {
+            continue;
+        }
+        let input = model.outlet_fact(node.inputs[0])?;
+        let consumers = &node.outputs[0].successors;
+        let products: Vec<&Q4MatVec> =
+            consumers.iter().filter_map(|c| model.node(c.node).op_as::<Q4MatVec>()).collect();
+        if input.rank() != 2 || input.datum_type != f32::datum_type() || products.len() != consumers.len() {
+            continue;
+        }
+        // [n, k]: the tokens first, as the products' outputs have them.
+        let k = products.first().map(|p| p.k);
+        let every_product_takes_it = products.iter().zip(consumers).all(|(p, c)| {
+            Some(p.k) == k
+                && c.slot == p.b_input
+                && p.inner.c_n_axis == Some(0)
+                && p.inner.c_m_axis == Some(1)
+                && p.inner.c_fact.shape.rank() == 2
+                && p.inner.c_fact.shape[0] == input.shape[0]
+        });
+        if !every_product_takes_it || k.map(|k| k.to_dim()) != Some(input.shape[1].clone()) {
+            continue;
+        }
+        let fact = node.outputs[0].fact.clone();
+        model.node_mut(id).op = Box::new(PackColumns { fact });
+        for consumer in model.node(id).outputs[0].successors.clone() {
+            let mut product = model.node(consumer.node).op_as::<Q4MatVec>().expect("a Q4MatVec").clone();
+            product.wide_panels = true;
+            model.node_mut(consumer.node).op = Box::new(product);
+        }
+        repacked += 1;
+    }
+    Ok(repacked)
+}
+
+/// Packs `n x k` activations for [`Q4MatVec`]: one column as it is, several in panels of
+/// [`CHUNK_PANEL_COLUMNS`] (see [`pack_chunks_for_wide_tiles`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct PackColumns {
+    /// The fact of the packing it replaced (the products' plan reads its shape).
+    fact: TypedFact,
+}
+
+impl Op for PackColumns {
+    fn name(&self) -> StaticName {
+        "PackColumns".into()
+    }
+
+    tract_onnx::tract_core::op_as_typed_op!();
+}
+
+impl EvalOp for PackColumns {
+    tract_onnx::tract_core::op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let [input] = <[TValue; 1]>::try_from(inputs.into_vec()).map_err(|_| anyhow::anyhow!("one input expected"))?;
+        anyhow::ensure!(input.rank() == 2, "activations of rank {}, 2 expected", input.rank());
+        let r = if input.shape()[0] == 1 { 1 } else { CHUNK_PANEL_COLUMNS };
+        let packed = PackedFormat::new(f32::datum_type(), r, 4).pack_tensor(&input, 1, 0)?;
+        Ok(tvec!(PackedMatrixStorage::new(packed).into_tensor(f32::datum_type()).into_tvalue()))
+    }
+}
+
+impl TypedOp for PackColumns {
+    fn output_facts(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        Ok(tvec!(self.fact.clone()))
+    }
+
+    tract_onnx::tract_core::as_op!();
+}
+
 /// Folds the zero points of an asymmetric 4-bit weight into its [`Q4MatVec`]; returns how many.
 ///
 /// tract reads such a weight as symmetric Q4_0 and adds a second product for the zero points:
@@ -216,6 +305,8 @@ pub(super) struct Q4MatVec {
     m: usize,
     k: usize,
     zero_points: Option<ZeroPoints>,
+    /// Its activations come from [`PackColumns`]: tract's `inner` cannot read them.
+    wide_panels: bool,
 }
 
 impl Q4MatVec {
@@ -244,7 +335,16 @@ impl Q4MatVec {
         {
             return None;
         }
-        Some(Q4MatVec { inner: op.clone(), weight: weight.clone(), scales, b_input: *b_input, m, k, zero_points: None })
+        Some(Q4MatVec {
+            inner: op.clone(),
+            weight: weight.clone(),
+            scales,
+            b_input: *b_input,
+            m,
+            k,
+            zero_points: None,
+            wide_panels: false,
+        })
     }
 
     /// The activations in place, if `b` holds one f32 matrix packed by tract (panels of `r`
@@ -309,6 +409,7 @@ impl EvalOp for Q4MatVec {
             product(panels, self.scales, &columns, &outputs, team.as_deref(), Isa::current());
             c
         } else {
+            anyhow::ensure!(!self.wide_panels, "a product of {c_shape:?} on panels only the fused kernels read");
             let mut outputs = self.inner.eval(ctx, inputs)?;
             match (&self.zero_points, outputs.pop()) {
                 (None, Some(c)) => return Ok(tvec!(c)),
