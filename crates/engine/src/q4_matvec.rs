@@ -13,7 +13,9 @@
 use std::sync::Arc;
 
 use edgellm_kernels::Isa;
-use edgellm_kernels::q4::{BLOCK, Columns, Outputs, PANEL_BLOCK_BYTES, PANEL_ROWS, Scales, product};
+use edgellm_kernels::q4::{
+    BLOCK, Columns, Outputs, PANEL_BLOCK_BYTES, PANEL_ROWS, Scales, add_zero_point_products, product,
+};
 use edgellm_kernels::spin_team;
 use tract_linalg::block_quant::{PackedBlockQuantFormat, Q4_0};
 use tract_linalg::mmm::{EagerPackedInput, MMMInputValue, PackedMatrixStorage};
@@ -278,18 +280,7 @@ impl ZeroPoints {
     /// `stride_n` apart); `sums`: `n` rows of `blocks`.
     fn add_to(&self, sums: &[f32], c: &mut [f32], stride_m: usize, stride_n: usize) {
         let m = self.by_block.len() / self.blocks;
-        let mut column = vec![0f32; m];
-        for (t, sums) in sums.chunks_exact(self.blocks).enumerate() {
-            column.fill(0.0);
-            for (z, &s) in self.by_block.chunks_exact(m).zip(sums) {
-                for (acc, &z) in column.iter_mut().zip(z) {
-                    *acc += z * s;
-                }
-            }
-            for (i, v) in column.iter().enumerate() {
-                c[t * stride_n + i * stride_m] += v;
-            }
-        }
+        add_zero_point_products(&self.by_block, m, sums, self.blocks, c, stride_m, stride_n, Isa::current());
     }
 }
 

@@ -416,9 +416,109 @@ fn product_panel_rounded(panel: &[u8], scales: Scales, x: QuantizedColumn, out: 
     }
 }
 
+/// Adds a weight's zero-point products to `n` columns of outputs: `out[t][i] += sum over b of
+/// z[b][i] * sums[t][b]`, with `z` block-major (`blocks` rows of `m`), `sums` the columns'
+/// block sums (`n` rows of `blocks`, [`Columns::block_sums`]) and the outputs `stride_m` and
+/// `stride_n` apart. One pass per block over a column's `m` outputs, in the widest vectors
+/// `isa` has (the same code compiled for them).
+#[allow(clippy::too_many_arguments)]
+pub fn add_zero_point_products(
+    z: &[f32],
+    m: usize,
+    sums: &[f32],
+    blocks: usize,
+    out: &mut [f32],
+    stride_m: usize,
+    stride_n: usize,
+    isa: Isa,
+) {
+    assert!(Isa::detected().runs(isa), "{isa:?} is not a path this CPU runs");
+    assert!(m > 0 && blocks > 0 && z.len() == m * blocks && sums.len().is_multiple_of(blocks));
+    let n = sums.len() / blocks;
+    assert!(n == 0 || (n - 1) * stride_n + (m - 1) * stride_m < out.len());
+    match isa {
+        // SAFETY: the CPU runs `isa` (asserted above); the function is safe code compiled
+        // with these features.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 | Isa::Avx512Vnni => unsafe {
+            x86::zero_point_products_avx512(z, m, sums, blocks, out, stride_m, stride_n)
+        },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { x86::zero_point_products_avx2(z, m, sums, blocks, out, stride_m, stride_n) },
+        _ => zero_point_products(z, m, sums, blocks, out, stride_m, stride_n),
+    }
+}
+
+/// [`add_zero_point_products`] in plain Rust, for the compiler to vectorise.
+#[inline(always)]
+pub(crate) fn zero_point_products(
+    z: &[f32],
+    m: usize,
+    sums: &[f32],
+    blocks: usize,
+    out: &mut [f32],
+    stride_m: usize,
+    stride_n: usize,
+) {
+    let axpy = |acc: &mut [f32], column_sums: &[f32]| {
+        for (z_block, &s) in z.chunks_exact(m).zip(column_sums) {
+            for (a, &zv) in acc.iter_mut().zip(z_block) {
+                *a += zv * s;
+            }
+        }
+    };
+    if stride_m == 1 {
+        for (t, column_sums) in sums.chunks_exact(blocks).enumerate() {
+            axpy(&mut out[t * stride_n..][..m], column_sums);
+        }
+        return;
+    }
+    let mut column = vec![0f32; m];
+    for (t, column_sums) in sums.chunks_exact(blocks).enumerate() {
+        column.fill(0.0);
+        axpy(&mut column, column_sums);
+        for (i, v) in column.iter().enumerate() {
+            out[t * stride_n + i * stride_m] += v;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The zero-point products on every path this CPU runs equal the sums computed in f64,
+    /// into rows of `m` (in place) and transposed, for an `m` that is no multiple of a vector.
+    #[test]
+    fn zero_point_products_equal_the_f64_sums_on_every_path() {
+        let (m, blocks, n) = (37, 5, 3);
+        let z: Vec<f32> = (0..m * blocks).map(|i| ((i * 29 % 61) as f32 - 30.0) * 0.25).collect();
+        let sums: Vec<f32> = (0..n * blocks).map(|i| ((i * 7 % 13) as f32 - 6.0) * 1.5).collect();
+        let start = |t: usize, i: usize| (t * m + i) as f32 * 0.5;
+        for isa in EVERY_PATH.into_iter().filter(|isa| Isa::detected().runs(*isa)) {
+            for (stride_m, stride_n) in [(1, m), (n, 1)] {
+                let mut out = vec![0f32; m * n];
+                for t in 0..n {
+                    for i in 0..m {
+                        out[t * stride_n + i * stride_m] = start(t, i);
+                    }
+                }
+                add_zero_point_products(&z, m, &sums, blocks, &mut out, stride_m, stride_n, isa);
+                for t in 0..n {
+                    for i in 0..m {
+                        let exact: f64 = start(t, i) as f64
+                            + (0..blocks).map(|b| z[b * m + i] as f64 * sums[t * blocks + b] as f64).sum::<f64>();
+                        let got = out[t * stride_n + i * stride_m] as f64;
+                        assert!(
+                            (got - exact).abs() <= 1e-4 * exact.abs().max(1.0),
+                            "{isa:?} ({stride_m}, {stride_n}) column {t} row {i}: {got} vs {exact}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 
     const EVERY_PATH: [Isa; 6] = [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Avx512Vnni, Isa::Neon, Isa::NeonDotprod];
 

@@ -556,3 +556,37 @@ pub(super) unsafe fn panel_avx2_i16(panel: &[u8], placement: Scales, x: Quantize
         unsafe { _mm256_storeu_ps(rows.as_mut_ptr(), *out) };
     }
 }
+
+/// [`super::zero_point_products`] compiled for AVX-512.
+///
+/// # Safety
+/// The CPU has AVX-512F.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn zero_point_products_avx512(
+    z: &[f32],
+    m: usize,
+    sums: &[f32],
+    blocks: usize,
+    out: &mut [f32],
+    stride_m: usize,
+    stride_n: usize,
+) {
+    super::zero_point_products(z, m, sums, blocks, out, stride_m, stride_n)
+}
+
+/// [`super::zero_point_products`] compiled for AVX2.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn zero_point_products_avx2(
+    z: &[f32],
+    m: usize,
+    sums: &[f32],
+    blocks: usize,
+    out: &mut [f32],
+    stride_m: usize,
+    stride_n: usize,
+) {
+    super::zero_point_products(z, m, sums, blocks, out, stride_m, stride_n)
+}
