@@ -377,7 +377,8 @@ fn sigterm_drains_in_flight_work_then_exits_zero() {
     let mut daemon = Daemon::start("[queue]\ndrain_timeout_ms = 30000\n");
     let mut client = daemon.client();
     client.send(
-        &json!({"id": "inflight", "prompt": "Tell me about the moon.", "max_tokens": 40, "stream": true}).to_string(),
+        // Long enough (about a second) to outlast the wait below on a fast machine.
+        &json!({"id": "inflight", "prompt": "Tell me about the moon.", "max_tokens": 240, "stream": true}).to_string(),
     );
     assert_eq!(client.next_event().unwrap()["event"], "token");
     common::signal(&daemon.child, "TERM");
@@ -392,7 +393,7 @@ fn sigterm_drains_in_flight_work_then_exits_zero() {
         }
     }
     assert_eq!(finals["inflight"]["event"], "done", "in-flight work finishes: {:?}", finals["inflight"]);
-    assert_eq!(finals["inflight"]["usage"]["completion_tokens"], 40);
+    assert_eq!(finals["inflight"]["usage"]["completion_tokens"], 240);
     assert_eq!(finals["late"]["code"], "shutting_down");
     assert_eq!(daemon.wait_exit(Duration::from_secs(30)), 0);
     assert!(!daemon.socket.exists(), "the socket file is removed");

@@ -155,7 +155,9 @@ fn a_connection_opened_while_draining_is_told_so_and_closed() {
     let mut daemon = Daemon::start("[queue]\ndrain_timeout_ms = 30000\n");
     let mut client = daemon.client();
     client.send(
-        &json!({"id": "long", "prompt": "Tell me about the sea.", "max_tokens": 120, "stream": true}).to_string(),
+        // About a second of answer (the sea's ends after some 125 tokens): it outlasts the wait
+        // below on a fast machine.
+        &json!({"id": "long", "prompt": "Tell me about the moon.", "max_tokens": 300, "stream": true}).to_string(),
     );
     assert_eq!(client.next_event().unwrap()["event"], "token");
     common::signal(&daemon.child, "TERM");
