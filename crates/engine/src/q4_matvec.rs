@@ -89,8 +89,8 @@ pub(super) fn pack_chunks_for_wide_tiles(model: &mut TypedModel) -> TractResult<
     Ok(repacked)
 }
 
-/// Packs `n x k` activations for [`Q4MatVec`]: one column as it is, several in panels of
-/// [`CHUNK_PANEL_COLUMNS`] (see [`pack_chunks_for_wide_tiles`]).
+/// Packs `n x k` activations for [`Q4MatVec`]: one token one to a panel, as tract does,
+/// several in panels of [`CHUNK_PANEL_COLUMNS`] (see [`pack_chunks_for_wide_tiles`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct PackColumns {
     /// The fact of the packing it replaced (the products' plan reads its shape).
@@ -339,8 +339,8 @@ impl Q4MatVec {
     }
 
     /// The activations in place, if `b` holds one f32 matrix packed by tract (panels of `r`
-    /// columns, each `k` steps of `r` floats) and `wanted(n)`.
-    fn columns<'a>(&self, b: &'a TValue, wanted: impl Fn(usize) -> bool) -> Option<Columns<'a>> {
+    /// columns, each `k` steps of `r` floats).
+    fn columns<'a>(&self, b: &'a TValue) -> Option<Columns<'a>> {
         let packed = b.try_storage_as::<PackedMatrixStorage>().ok()?;
         if packed.values().len() != 1 {
             return None;
@@ -348,7 +348,7 @@ impl Q4MatVec {
         let value = packed.value().downcast_ref::<EagerPackedInput>()?;
         let format = value.fact.format.downcast_ref::<PackedFormat>()?;
         let (n, r, k) = (value.mn, format.r, value.fact.k);
-        if format.dt != f32::datum_type() || k != self.k || r == 0 || n == 0 || !wanted(n) {
+        if format.dt != f32::datum_type() || k != self.k || r == 0 || n == 0 {
             return None;
         }
         if value.panel_bytes % 4 != 0 || value.packed.len() < n.div_ceil(r) * value.panel_bytes {
@@ -381,17 +381,13 @@ impl EvalOp for Q4MatVec {
         let stride_of = |axis: Option<usize>| axis.map(|ax| strides[ax] as usize).unwrap_or(0);
         let (stride_m, stride_n) = (stride_of(self.inner.c_m_axis), stride_of(self.inner.c_n_axis));
         let team = spin_team::current();
-        let wanted = |n| self.handles(&c_shape, n);
-        let b = inputs.get(self.b_input);
-        let sums = match &self.zero_points {
-            Some(_) => {
-                let columns = b.and_then(|b| self.columns(b, |_| true));
-                let columns = columns.ok_or_else(|| anyhow::anyhow!("zero points on activations not packed as f32"))?;
-                Some(columns.block_sums())
-            }
-            None => None,
+        let columns = inputs.get(self.b_input).and_then(|b| self.columns(b));
+        let sums = match (&self.zero_points, &columns) {
+            (Some(_), Some(columns)) => Some(columns.block_sums()),
+            (Some(_), None) => anyhow::bail!("zero points on activations not packed as f32"),
+            (None, _) => None,
         };
-        let mut c = if let Some(columns) = b.and_then(|b| self.columns(b, wanted)) {
+        let mut c = if let Some(columns) = columns.filter(|c| self.handles(&c_shape, c.len())) {
             let n = columns.len();
             let panels = &self.weight.packed[..self.m.div_ceil(PANEL_ROWS) * self.weight.panel_bytes];
             let mut c = Tensor::zero::<f32>(&c_shape)?;
