@@ -45,6 +45,16 @@ pub struct Scratch {
     keys_t_of: Option<(usize, usize)>,
 }
 
+/// How many keys a row of `mask` sees: up to its last key not hidden. A key is hidden when its
+/// mask is below -1e30 (`-inf`, or the dtype's lowest value as exporters write it): its
+/// softmax weight is zero, so the row's scores and weighted values can stop before it. At
+/// least one key, so that a row hidden all over keeps the reference's result.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn visible_keys(mask: &[f32]) -> usize {
+    const HIDDEN: f32 = -1e30;
+    mask.iter().rposition(|&m| m >= HIDDEN || m.is_nan()).map_or(mask.len(), |last| last + 1).max(1)
+}
+
 impl Head<'_> {
     /// `out` (S rows of D) for this head, with the kernels of `isa` (which the CPU must run).
     pub fn run<S: RowSoftmax>(
@@ -98,6 +108,18 @@ impl Head<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A row sees up to its last key that is not hidden, whatever hides it; NaN is not hidden.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn a_row_sees_up_to_its_last_visible_key() {
+        let (inf, low) = (f32::NEG_INFINITY, f32::MIN);
+        assert_eq!(visible_keys(&[0.0, 0.0, inf, inf]), 2);
+        assert_eq!(visible_keys(&[0.0, low, 0.0, low]), 3);
+        assert_eq!(visible_keys(&[0.0, -1e20, 0.0, -5.0]), 4);
+        assert_eq!(visible_keys(&[inf, f32::NAN, inf]), 2);
+        assert_eq!(visible_keys(&[inf, inf]), 2, "hidden all over: every key, as the reference");
+    }
 
     /// A plain softmax, to test the kernels without tract.
     struct PlainSoftmax;

@@ -40,17 +40,20 @@ pub(super) unsafe fn head_avx512<S: RowSoftmax>(
         }
     }
     for ((q, mask), out) in head.q.chunks_exact(d).zip(head.mask.chunks_exact(keys)).zip(out.chunks_exact_mut(d)) {
+        // The keys this row sees: a causal mask hides the tail of a prompt chunk's rows, whose
+        // weights would be zero.
+        let seen = super::visible_keys(mask);
         if transposed {
-            scores_transposed(q, &scratch.keys_t, &mut scratch.scores);
+            scores_transposed(q, &scratch.keys_t, padded, &mut scratch.scores[..seen.next_multiple_of(16)]);
         } else {
-            scores_by_dots(q, head.k, &mut scratch.scores[..keys]);
+            scores_by_dots(q, &head.k[..seen * d], &mut scratch.scores[..seen]);
         }
-        let scores = &mut scratch.scores[..keys];
+        let scores = &mut scratch.scores[..seen];
         for (score, m) in scores.iter_mut().zip(mask) {
             *score = *score * head.scale + m;
         }
         softmax.run(scores)?;
-        weighted_values(scores, head.v, out);
+        weighted_values(scores, &head.v[..seen * d], out);
     }
     Ok(())
 }
@@ -94,15 +97,16 @@ fn dots<const G: usize>(q: &[f32], k: &[f32], scores: &mut [f32]) {
     }
 }
 
-/// `scores[t] = q . k[t]` from the keys transposed (`d` rows of `scores.len()`, a multiple
-/// of 16), 128 keys at a time: eight independent sums keep the FMA units busy.
+/// `scores[t] = q . k[t]` for the first `scores.len()` keys (a multiple of 16) from the keys
+/// transposed (`d` rows of `padded`), 128 keys at a time: eight independent sums keep the FMA
+/// units busy.
 #[target_feature(enable = "avx512f")]
-fn scores_transposed(q: &[f32], keys_t: &[f32], scores: &mut [f32]) {
-    let padded = scores.len();
-    assert!(padded.is_multiple_of(16) && keys_t.len() == q.len() * padded);
+fn scores_transposed(q: &[f32], keys_t: &[f32], padded: usize, scores: &mut [f32]) {
+    let wanted = scores.len();
+    assert!(wanted.is_multiple_of(16) && wanted <= padded && keys_t.len() == q.len() * padded);
     let mut t = 0;
-    while t < padded {
-        let blocks = ((padded - t) / 16).min(8);
+    while t < wanted {
+        let blocks = ((wanted - t) / 16).min(8);
         match blocks {
             8 => transposed_blocks::<8>(q, keys_t, padded, t, scores),
             7 => transposed_blocks::<7>(q, keys_t, padded, t, scores),
@@ -120,7 +124,7 @@ fn scores_transposed(q: &[f32], keys_t: &[f32], scores: &mut [f32]) {
 /// Keys `t..t + 16 * B` of [`scores_transposed`].
 #[target_feature(enable = "avx512f")]
 fn transposed_blocks<const B: usize>(q: &[f32], keys_t: &[f32], padded: usize, t: usize, scores: &mut [f32]) {
-    assert!(t + 16 * B <= padded && keys_t.len() == q.len() * padded && scores.len() == padded);
+    assert!(t + 16 * B <= scores.len() && scores.len() <= padded && keys_t.len() == q.len() * padded);
     let mut acc = [_mm512_setzero_ps(); B];
     for (i, &x) in q.iter().enumerate() {
         let xv = _mm512_set1_ps(x);
