@@ -40,7 +40,7 @@ pub(super) fn fuse_axis_chains(model: &mut TypedModel) -> TractResult<usize> {
         let input_fact = model.outlet_fact(input)?.clone();
         let output_fact = model.outlet_fact(last)?.clone();
         let mut steps: Vec<Step> = Vec::new();
-        // The shape the last step starts from, and its own output shape.
+        // The shape the current step of reshapes started from.
         let mut shape_before = input_fact.shape.clone();
         for &node in &run {
             let op = model.node(node).op_as::<AxisOp>().expect("an axis node");

@@ -48,7 +48,8 @@ const CHUNK_PANEL_COLUMNS: usize = 8;
 /// instead of eleven. One token stays one column. Only where the CPU takes chunks on the
 /// 16-bit tiles, so that tract's own kernels (which read panels of 6) never see these.
 pub(super) fn pack_chunks_for_wide_tiles(model: &mut TypedModel) -> TractResult<usize> {
-    if !(wide_kernel_available() && Isa::current().rounds_chunk_activations()) {
+    // Rounding chunks implies the chunk kernels (`Isa::fused_q4_chunks`).
+    if !Isa::current().rounds_chunk_activations() {
         return Ok(0);
     }
     let mut repacked = 0;
