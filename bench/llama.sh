@@ -20,6 +20,35 @@ build="$home/build-$version"
 python="${PYTHON:-python3}"
 say() { echo "[llama.cpp] $*" >&2; }
 
+# A CPU may list AMX while the hypervisor does not let a process use its tiles: ggml's AMX
+# kernels (built with -march=native) then die of SIGILL at the first tile load. Probe a tile
+# load; where it fails, build without AMX (its own build dir).
+extra_flags=""
+if grep -qw amx_tile /proc/cpuinfo; then
+  probe=$(mktemp -d)
+  cat >"$probe/amx.c" <<'C'
+#include <immintrin.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+struct config { unsigned char palette, start_row, reserved[14]; unsigned short colsb[16]; unsigned char rows[16]; };
+int main(void) {
+  if (syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */)) return 1;
+  struct config config; memset(&config, 0, sizeof config);
+  config.palette = 1; config.colsb[0] = 64; config.rows[0] = 16;
+  static char tile[16 * 64];
+  _tile_loadconfig(&config); _tile_loadd(0, tile, 64); _tile_release();
+  return 0;
+}
+C
+  if ! { gcc -O1 -mamx-tile -o "$probe/amx" "$probe/amx.c" && "$probe/amx"; } >/dev/null 2>&1; then
+    say "the CPU lists AMX but this machine cannot run its tiles: building llama.cpp without AMX"
+    extra_flags="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+    build="$build-noamx"
+  fi
+  rm -rf "$probe"
+fi
+
 models/prepare.sh
 gguf="$cache/downloads/SmolLM2-135M-Instruct.Q4_1.gguf"
 [ -f "$gguf" ] || { say "no $gguf: models/prepare.sh did not leave it"; exit 1; }
@@ -49,7 +78,7 @@ if [ ! -x "$build/bin/llama-bench" ] || [ ! -x "$build/bin/llama-quantize" ]; th
   fi
   say "building llama-bench and llama-quantize (about 11 minutes of 2 cores)"
   nice -n 15 "$cmake" -S "$src/vendor/llama.cpp" -B "$build" -DCMAKE_BUILD_TYPE=Release \
-    -DGGML_NATIVE=ON -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF -DBUILD_SHARED_LIBS=OFF \
+    -DGGML_NATIVE=ON -DCMAKE_C_FLAGS="$extra_flags" -DCMAKE_CXX_FLAGS="$extra_flags" -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF -DBUILD_SHARED_LIBS=OFF \
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF >"$home/cmake.log"
   nice -n 15 "$cmake" --build "$build" --target llama-bench llama-quantize -j 2 >"$home/build.log"
 fi

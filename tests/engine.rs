@@ -89,11 +89,13 @@ fn compiled_model_cache_is_written_reused_and_rebuilt_when_damaged() {
     assert_eq!(second.info().compiled_cache, CacheOutcome::Loaded);
     check(&mut second);
     // The archive's graph (back from NNEF) takes the same passes: every o_proj adds its zero
-    // points itself (the last layer's, sliced to one position, may keep tract's correction).
+    // points itself, the products of shared activations are grouped (the last layer's, sliced to one position, may keep tract's correction).
     let layers = second.manifest().dims.layers;
     for (graph, fusions) in [("built", fused), ("loaded", second.graph_fusions())] {
         if fusions.q4_products > 0 {
             assert!(fusions.zero_points + 1 >= layers, "{graph}: {fusions:?}, {layers} layers");
+            // q, k and v, and gate and up, read the same activations: five products a layer.
+            assert!(fusions.grouped_products >= 5 * layers, "{graph}: {fusions:?}, {layers} layers");
         }
         assert!(fusions.axis_nodes_removed >= 10 * layers, "{graph}: {fusions:?}");
     }

@@ -182,6 +182,8 @@ pub struct GraphFusions {
     pub zero_points: usize,
     /// Packings of prompt chunks in panels of 8 columns for the 16-bit tiles.
     pub wide_packs: usize,
+    /// Products that share their activations with others in one job (q, k, v; gate, up).
+    pub grouped_products: usize,
     /// Axis nodes (reshapes, moves) gone from the plan ([`axis_chain`]).
     pub axis_nodes_removed: usize,
 }
@@ -629,6 +631,12 @@ fn build_plan(
     } else {
         q4_matvec::pack_chunks_for_wide_tiles(&mut typed)?
     };
+    // EDGELLM_UNGROUPED_PRODUCTS=1 keeps one node per product, for side-by-side measurements.
+    let grouped_products = if std::env::var_os("EDGELLM_UNGROUPED_PRODUCTS").is_some() {
+        0
+    } else {
+        q4_matvec::group_products_of_shared_activations(&mut typed)?
+    };
     let axis_nodes_fused = if std::env::var_os("EDGELLM_KEEP_AXIS_NODES").is_some() {
         0
     } else {
@@ -648,6 +656,7 @@ fn build_plan(
         q4_matvecs,
         zero_points_fused,
         wide_packs,
+        grouped_products,
         axis_nodes_fused,
         "model load phases"
     );
@@ -655,6 +664,7 @@ fn build_plan(
         q4_products: q4_matvecs,
         zero_points: zero_points_fused,
         wide_packs,
+        grouped_products,
         axis_nodes_removed: axis_nodes_fused,
     };
     Ok((plan, io, cache, fusions))

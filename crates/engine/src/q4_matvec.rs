@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use edgellm_kernels::Isa;
 use edgellm_kernels::q4::{
-    BLOCK, Columns, Outputs, PANEL_BLOCK_BYTES, PANEL_ROWS, Scales, add_zero_point_products, product,
+    BLOCK, Columns, Outputs, PANEL_BLOCK_BYTES, PANEL_ROWS, Scales, Weight, add_zero_point_products, product, products,
 };
 use edgellm_kernels::spin_team;
 use tract_linalg::block_quant::{PackedBlockQuantFormat, Q4_0};
@@ -121,6 +121,135 @@ impl EvalOp for PackColumns {
 impl TypedOp for PackColumns {
     fn output_facts(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         Ok(tvec!(self.fact.clone()))
+    }
+
+    tract_onnx::tract_core::as_op!();
+}
+
+/// Puts the [`Q4MatVec`]s that read the same activations into one [`Q4MatVecs`] node;
+/// returns how many products went into such nodes.
+///
+/// A layer's q, k and v read the same normed activations, and so do its gate and up. Apart,
+/// each rounded them again and each woke the team and waited for it: five jobs a layer where
+/// two do the same work, and on two threads every job ends with one thread waiting for the
+/// other. Runs last but one, after the packing pass (whose output the products share).
+pub(super) fn group_products_of_shared_activations(model: &mut TypedModel) -> TractResult<usize> {
+    let mut grouped = 0;
+    for id in model.eval_order()? {
+        let node = model.node(id);
+        if node.outputs.len() != 1 {
+            continue;
+        }
+        let mut members: Vec<(usize, Q4MatVec)> = Vec::new();
+        for consumer in &node.outputs[0].successors {
+            let reader = model.node(consumer.node);
+            let Some(product) = reader.op_as::<Q4MatVec>() else { continue };
+            let only_reads_this = reader.inputs.len() == 1 && consumer.slot == 0 && product.b_input == 0;
+            if only_reads_this && !members.iter().any(|(n, _)| *n == consumer.node) {
+                members.push((consumer.node, product.clone()));
+            }
+        }
+        let Some((_, first)) = members.first() else { continue };
+        let alike = members.iter().all(|(_, p)| p.k == first.k && p.wide_panels == first.wide_panels);
+        if members.len() < 2 || !alike {
+            continue;
+        }
+        let name = format!("{}.products", node.name);
+        let mut patch = TypedModelPatch::default();
+        let tapped = patch.tap_model(model, OutletId::new(id, 0))?;
+        let op = Q4MatVecs { products: members.iter().map(|(_, p)| p.clone()).collect() };
+        let outputs = patch.wire_node(name, op, &[tapped])?;
+        for ((member, _), output) in members.iter().zip(outputs) {
+            patch.shunt_outside(model, OutletId::new(*member, 0), output)?;
+        }
+        patch.apply(model)?;
+        grouped += members.len();
+    }
+    Ok(grouped)
+}
+
+/// Several [`Q4MatVec`]s of the same activations, one output each, as one job of the
+/// kernels ([`products`]): the activations are read and rounded once and the team is woken
+/// once. What the fused kernels do not take goes to each product's own evaluation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Q4MatVecs {
+    products: Vec<Q4MatVec>,
+}
+
+impl Op for Q4MatVecs {
+    fn name(&self) -> StaticName {
+        "Q4MatVecs".into()
+    }
+
+    tract_onnx::tract_core::op_as_typed_op!();
+}
+
+impl EvalOp for Q4MatVecs {
+    tract_onnx::tract_core::not_out_of_plan!();
+
+    fn drop_session(&self, session: SessionId, node_id: usize) {
+        for product in &self.products {
+            product.drop_session(session, node_id)
+        }
+    }
+
+    fn eval(&self, ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let shapes: Vec<TVec<usize>> = self
+            .products
+            .iter()
+            .map(|p| Ok(p.inner.c_fact.shape.eval_to_usize(ctx.symbols)?.into_owned()))
+            .collect::<TractResult<_>>()?;
+        let columns = inputs.first().and_then(|b| self.products[0].columns(b));
+        let Some(columns) =
+            columns.filter(|c| self.products.iter().zip(&shapes).all(|(p, shape)| p.handles(shape, c.len())))
+        else {
+            let mut outputs = TVec::with_capacity(self.products.len());
+            for product in &self.products {
+                outputs.push(product.eval(ctx, inputs.clone())?.remove(0));
+            }
+            return Ok(outputs);
+        };
+        let n = columns.len();
+        let mut tensors: Vec<Tensor> =
+            shapes.iter().map(|shape| Tensor::zero::<f32>(shape)).collect::<TractResult<_>>()?;
+        let strides: Vec<(usize, usize)> =
+            self.products.iter().zip(&shapes).map(|(p, s)| p.output_strides(s)).collect();
+        {
+            let mut views = tensors.iter_mut().map(|t| t.try_as_plain_ram_mut()).collect::<TractResult<Vec<_>>>()?;
+            let slices = views.iter_mut().map(|v| v.as_slice_mut::<f32>()).collect::<TractResult<Vec<_>>>()?;
+            let outputs: Vec<Outputs> = slices
+                .into_iter()
+                .zip(self.products.iter().zip(&strides))
+                .map(|(out, (p, &(stride_m, stride_n)))| Outputs::new(out, p.m, n, stride_m, stride_n))
+                .collect();
+            let weights: Vec<Weight> = self
+                .products
+                .iter()
+                .zip(&outputs)
+                .map(|(p, outputs)| Weight { panels: p.panels(), scales: p.scales, outputs })
+                .collect();
+            products(&weights, &columns, spin_team::current().as_deref(), Isa::current());
+        }
+        if self.products.iter().any(|p| p.zero_points.is_some()) {
+            let sums = columns.block_sums();
+            for ((product, tensor), &(stride_m, stride_n)) in self.products.iter().zip(&mut tensors).zip(&strides) {
+                if let Some(zero_points) = &product.zero_points {
+                    let mut view = tensor.try_as_plain_ram_mut()?;
+                    zero_points.add_to(&sums, view.as_slice_mut::<f32>()?, stride_m, stride_n);
+                }
+            }
+        }
+        Ok(tensors.into_iter().map(|t| t.into_tvalue()).collect())
+    }
+}
+
+impl TypedOp for Q4MatVecs {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let mut facts = TVec::with_capacity(self.products.len());
+        for product in &self.products {
+            facts.push(product.output_facts(inputs)?.remove(0));
+        }
+        Ok(facts)
     }
 
     tract_onnx::tract_core::as_op!();
@@ -378,9 +507,7 @@ impl EvalOp for Q4MatVec {
 
     fn eval(&self, ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let c_shape = self.inner.c_fact.shape.eval_to_usize(ctx.symbols)?;
-        let strides = Tensor::natural_strides(&c_shape);
-        let stride_of = |axis: Option<usize>| axis.map(|ax| strides[ax] as usize).unwrap_or(0);
-        let (stride_m, stride_n) = (stride_of(self.inner.c_m_axis), stride_of(self.inner.c_n_axis));
+        let (stride_m, stride_n) = self.output_strides(&c_shape);
         let team = spin_team::current();
         let columns = inputs.get(self.b_input).and_then(|b| self.columns(b));
         let sums = match (&self.zero_points, &columns) {
@@ -390,11 +517,10 @@ impl EvalOp for Q4MatVec {
         };
         let mut c = if let Some(columns) = columns.filter(|c| self.handles(&c_shape, c.len())) {
             let n = columns.len();
-            let panels = &self.weight.packed[..self.m.div_ceil(PANEL_ROWS) * self.weight.panel_bytes];
             let mut c = Tensor::zero::<f32>(&c_shape)?;
             let mut view = c.try_as_plain_ram_mut()?;
             let outputs = Outputs::new(view.as_slice_mut::<f32>()?, self.m, n, stride_m, stride_n);
-            product(panels, self.scales, &columns, &outputs, team.as_deref(), Isa::current());
+            product(self.panels(), self.scales, &columns, &outputs, team.as_deref(), Isa::current());
             c
         } else {
             anyhow::ensure!(!self.wide_panels, "a product of {c_shape:?} on panels only the fused kernels read");
@@ -414,6 +540,18 @@ impl EvalOp for Q4MatVec {
 }
 
 impl Q4MatVec {
+    /// How far apart its outputs are along m and along n in an output of `c_shape`.
+    fn output_strides(&self, c_shape: &[usize]) -> (usize, usize) {
+        let strides = Tensor::natural_strides(c_shape);
+        let stride_of = |axis: Option<usize>| axis.map(|ax| strides[ax] as usize).unwrap_or(0);
+        (stride_of(self.inner.c_m_axis), stride_of(self.inner.c_n_axis))
+    }
+
+    /// The weight's whole panels.
+    fn panels(&self) -> &[u8] {
+        &self.weight.packed[..self.m.div_ceil(PANEL_ROWS) * self.weight.panel_bytes]
+    }
+
     /// Whether the fused kernels take a product of `n` columns into an output of `c_shape`
     /// (nothing but m and n in it): one column always; several with AVX-512. On one thread
     /// tract's own tiles took a 77-token prompt as fast and a 20-token question 8% slower

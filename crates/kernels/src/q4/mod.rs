@@ -330,12 +330,36 @@ fn rounds(isa: Isa, n: usize) -> bool {
 /// there is one and the product is large enough, with the kernels of `isa` (which the CPU
 /// must run: `Isa::current()` or lower).
 pub fn product(panels: &[u8], scales: Scales, columns: &Columns, outputs: &Outputs, team: Option<&SpinTeam>, isa: Isa) {
+    products(&[Weight { panels, scales, outputs }], columns, team, isa)
+}
+
+/// One of several weights that multiply the same columns ([`products`]).
+pub struct Weight<'a, 'o> {
+    /// Whole panels of `k / BLOCK * PANEL_BLOCK_BYTES` bytes.
+    pub panels: &'a [u8],
+    pub scales: Scales,
+    pub outputs: &'a Outputs<'o>,
+}
+
+/// `W x` for every weight (each `m_i x k`) and the same `n` columns, as one job: the columns
+/// are rounded once, and all the weights' panels are shared out over `team` together. A
+/// layer's q, k and v (and its gate and up) read the same activations; three products were
+/// three roundings and three waits for the team.
+pub fn products(weights: &[Weight], columns: &Columns, team: Option<&SpinTeam>, isa: Isa) {
     assert!(Isa::detected().runs(isa), "{isa:?} is not a path this CPU runs");
     let (n, k) = (columns.n, columns.k);
     let panel_bytes = k / BLOCK * PANEL_BLOCK_BYTES;
-    let n_panels = panels.len() / panel_bytes;
-    debug_assert_eq!(n, outputs.n);
-    debug_assert_eq!(n_panels, outputs.m.div_ceil(PANEL_ROWS));
+    // Panels before each weight's first, in the one numbering the parts share out.
+    let mut first_panels = Vec::with_capacity(weights.len() + 1);
+    first_panels.push(0);
+    for weight in weights {
+        let n_panels = weight.panels.len() / panel_bytes;
+        assert_eq!(weight.panels.len(), n_panels * panel_bytes, "whole panels of k = {k}");
+        assert_eq!(n, weight.outputs.n, "outputs for {} columns, {n} given", weight.outputs.n);
+        assert_eq!(n_panels, weight.outputs.m.div_ceil(PANEL_ROWS), "panels for m = {}", weight.outputs.m);
+        first_panels.push(first_panels.last().copied().unwrap_or(0) + n_panels);
+    }
+    let n_panels = first_panels.last().copied().unwrap_or(0);
     let several = n > 1 && isa.fused_q4_chunks();
     // Columns rounded to 16 bits are rounded once, for every panel.
     let quantized = rounds(isa, n).then(|| Quantized::new(columns, if several { chunk_tile(columns) } else { 1 }));
@@ -344,8 +368,10 @@ pub fn product(panels: &[u8], scales: Scales, columns: &Columns, outputs: &Outpu
     let rows = if several || quantized.is_some() { Cow::Borrowed(&[][..]) } else { columns.rows() };
     let run = |first: usize, count: usize| {
         let mut out = vec![0f32; n * PANEL_ROWS];
-        for p in first..(first + count).min(n_panels) {
-            let panel = &panels[p * panel_bytes..][..panel_bytes];
+        for global in first..(first + count).min(n_panels) {
+            let w = first_panels.partition_point(|&start| start <= global) - 1;
+            let (weight, p) = (&weights[w], global - first_panels[w]);
+            let (panel, scales) = (&weight.panels[p * panel_bytes..][..panel_bytes], weight.scales);
             match (&quantized, several) {
                 // SAFETY: rounded columns on a path with several columns mean the CPU has
                 // AVX-512 with VNNI and VBMI (checked); the slices have the kernel's sizes
@@ -368,7 +394,7 @@ pub fn product(panels: &[u8], scales: Scales, columns: &Columns, outputs: &Outpu
                 _ => product_panel(panel, scales, k, &rows, &block_sums, &mut out, isa),
             }
             // SAFETY: each panel is stored by the one part that holds it.
-            unsafe { outputs.store_panel(p, &out) };
+            unsafe { weight.outputs.store_panel(p, &out) };
         }
     };
     match team {
@@ -597,6 +623,58 @@ mod tests {
         }
     }
 
+    /// Several weights over the same columns in one job give, weight by weight, what each
+    /// product alone gives (the same kernels on the same rounding), on every path, for one
+    /// column and several, on one thread and two, with weights of different heights (q, k
+    /// and v of a layer are 576, 192 and 192 rows; a panel count that does not split evenly).
+    #[test]
+    fn products_of_several_weights_equal_each_product_alone() {
+        let team = SpinTeam::new(2).expect("threads");
+        let paths: Vec<Isa> = EVERY_PATH.into_iter().filter(|isa| Isa::detected().runs(*isa)).collect();
+        let k = 96;
+        let heights = [160, 64, 33];
+        let weights: Vec<Vec<u8>> = heights
+            .iter()
+            .map(|&m| layout::pack(&layout::example(m, k, (m * 31) as u64).0, m, k, Scales::First))
+            .collect();
+        for n in [1usize, 3, 8, 13] {
+            let r = 8;
+            let xs: Vec<f32> =
+                (0..n.div_ceil(r) * k * r).map(|i| ((i as f32) * 0.53).sin() * (1 + i % 5) as f32).collect();
+            let columns = Columns::new(Cow::Borrowed(&xs), n, k, r, k * r).expect("fits");
+            for (isa, team) in paths.iter().flat_map(|isa| [(*isa, None), (*isa, Some(&team))]) {
+                let alone: Vec<Vec<f32>> = heights
+                    .iter()
+                    .zip(&weights)
+                    .map(|(&m, w)| {
+                        let mut out = vec![f32::NAN; m * n];
+                        product(w, Scales::First, &columns, &Outputs::new(&mut out, m, n, 1, m), None, isa);
+                        out
+                    })
+                    .collect();
+                let mut outs: Vec<Vec<f32>> = heights.iter().map(|&m| vec![f32::NAN; m * n]).collect();
+                let outputs: Vec<Outputs> =
+                    outs.iter_mut().zip(&heights).map(|(out, &m)| Outputs::new(out, m, n, 1, m)).collect();
+                let jobs: Vec<Weight> = weights
+                    .iter()
+                    .zip(&outputs)
+                    .map(|(w, outputs)| Weight { panels: w, scales: Scales::First, outputs })
+                    .collect();
+                products(&jobs, &columns, team, isa);
+                drop(outputs);
+                for ((m, got), want) in heights.iter().zip(&outs).zip(&alone) {
+                    assert!(got.iter().all(|v| v.is_finite()), "{isa:?} m {m} n {n}: an output left unwritten");
+                    assert_eq!(
+                        got,
+                        want,
+                        "{isa:?} m {m} n {n}, {}",
+                        if team.is_some() { "two threads" } else { "one" }
+                    );
+                }
+            }
+        }
+    }
+
     /// The paths on activations rounded to 16 bits equal their integer reference (the same
     /// rounding, sums exact), for one column and for several (tiles of 1 to 8 columns), on one
     /// thread and two; and rounding
@@ -686,6 +764,62 @@ mod tests {
                     })
                     .collect();
                 println!("{m}x{k} n={n}: {}", line.join(", "));
+            }
+        }
+    }
+
+    /// Not a test: prints the time of a layer's q, k and v (576, 192 and 192 rows of 576) and
+    /// of its gate and up (1536 and 1536 of 576) as one job ([`products`]) and as one product
+    /// each, for one column and a 20-token chunk (panels of 8), on one thread and on a team of
+    /// two: the best of alternating rounds.
+    /// `cargo test --release -p edgellm-kernels -- --ignored --nocapture grouped_products_side_by_side`
+    #[test]
+    #[ignore]
+    fn grouped_products_side_by_side() {
+        let team = SpinTeam::new(2).expect("threads");
+        let isa = Isa::current();
+        let k = 576;
+        for heights in [&[576usize, 192, 192][..], &[1536, 1536][..]] {
+            let weights: Vec<Vec<u8>> = heights
+                .iter()
+                .map(|&m| layout::pack(&layout::example(m, k, m as u64).0, m, k, Scales::First))
+                .collect();
+            for n in [1usize, 20] {
+                let r = if n == 1 { 1 } else { 8 };
+                let xs: Vec<f32> = (0..n.div_ceil(r) * k * r).map(|i| ((i as f32) * 0.37).sin()).collect();
+                let columns = Columns::new(Cow::Borrowed(&xs), n, k, r, k * r).expect("fits");
+                let mut outs: Vec<Vec<f32>> = heights.iter().map(|&m| vec![0f32; m * n]).collect();
+                for (threads, team) in [("1 thread", None), ("2 threads", Some(&team))] {
+                    let reps = if n == 1 { 2000 } else { 200 };
+                    let (mut apart, mut together) = (f64::MAX, f64::MAX);
+                    for _round in 0..7 {
+                        let started = std::time::Instant::now();
+                        for _ in 0..reps {
+                            for ((w, out), &m) in weights.iter().zip(outs.iter_mut()).zip(heights) {
+                                product(w, Scales::First, &columns, &Outputs::new(out, m, n, 1, m), team, isa);
+                            }
+                        }
+                        apart = apart.min(started.elapsed().as_secs_f64() / reps as f64);
+                        let started = std::time::Instant::now();
+                        for _ in 0..reps {
+                            let outputs: Vec<Outputs> =
+                                outs.iter_mut().zip(heights).map(|(out, &m)| Outputs::new(out, m, n, 1, m)).collect();
+                            let jobs: Vec<Weight> = weights
+                                .iter()
+                                .zip(&outputs)
+                                .map(|(w, outputs)| Weight { panels: w, scales: Scales::First, outputs })
+                                .collect();
+                            products(&jobs, &columns, team, isa);
+                        }
+                        together = together.min(started.elapsed().as_secs_f64() / reps as f64);
+                    }
+                    println!(
+                        "{heights:?}x{k} n={n}, {threads}: apart {:.1} us, one job {:.1} us ({:.3}x)",
+                        apart * 1e6,
+                        together * 1e6,
+                        apart / together
+                    );
+                }
             }
         }
     }
