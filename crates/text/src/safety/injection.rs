@@ -879,29 +879,13 @@ mod bank {
 mod cost {
     use super::*;
 
-    /// A prompt of the largest size the config allows, full of cues, is assessed in time
-    /// linear in its length (the bindings look back a fixed number of cues): 16 times the
-    /// text takes well under 64 times as long (quadratic would be about 256 times). Relative,
-    /// as `safety::cost`, so that QEMU or a slow machine measures the same thing.
+    /// A prompt of the largest size the config allows, full of cues, is assessed in linear
+    /// time (the bindings look back a fixed number of cues).
     #[test]
     fn a_megabyte_of_cues_is_assessed_quickly() {
-        let piece = "ignore the your rules system prompt you are the ";
-        let text = piece.repeat((1 << 20) / piece.len());
-        let sixteenth = &text[..text.len() / 16 / piece.len() * piece.len()];
         let detector = InjectionDetector::new();
-        let best_of_3 = |text: &str| {
-            (0..3)
-                .map(|_| {
-                    let started = std::time::Instant::now();
-                    let assessment = detector.assess(text).unwrap();
-                    assert!(assessment.score >= 1.0);
-                    started.elapsed()
-                })
-                .min()
-                .expect("three runs")
-        };
-        let (small, whole) = (best_of_3(sixteenth), best_of_3(&text));
-        println!("1 MiB assessed in {whole:?}, a sixteenth of it in {small:?}");
-        assert!(whole < small * 64, "1 MiB in {whole:?}, a sixteenth in {small:?}: not linear");
+        crate::safety::cost::assert_linear_in_length("ignore the your rules system prompt you are the ", |text| {
+            assert!(detector.assess(text).unwrap().score >= 1.0);
+        });
     }
 }
