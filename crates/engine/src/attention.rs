@@ -11,9 +11,9 @@
 //! is tract's own row kernel.
 //!
 //! This file holds the tract side: the graph pass, the op, its NNEF form. The per-head
-//! kernels are in [`edgellm_kernels::attention`]: AVX-512 and NEON; on other CPUs (AVX2-only
-//! x86, armv7) the pass leaves the graph to tract. A head size that is not a multiple of 16 runs
-//! the kernels' reference.
+//! kernels are in [`edgellm_kernels::attention`]: AVX-512, AVX2 and NEON; on other CPUs
+//! (x86 without AVX2, armv7) the pass leaves the graph to tract. A head size the vector paths
+//! do not take (x86: not a multiple of 8) runs the kernels' reference.
 
 use edgellm_kernels::Isa;
 use edgellm_kernels::attention::{Head, RowSoftmax, Scratch};

@@ -125,7 +125,7 @@ impl Isa {
 
     /// Prompt chunks (several columns) have a fused 4-bit kernel.
     pub fn fused_q4_chunks(self) -> bool {
-        matches!(self, Isa::Avx512 | Isa::Avx512Vnni | Isa::Neon | Isa::NeonDotprod)
+        matches!(self, Isa::Avx2 | Isa::Avx512 | Isa::Avx512Vnni | Isa::Neon | Isa::NeonDotprod)
     }
 
     /// The one-token 4-bit product rounds the activations to 16 bits per block
@@ -138,14 +138,15 @@ impl Isa {
 
     /// Prompt chunks round their activations too (`vpdpwssd`), in place from tract's panels,
     /// with the offset folded into signed nibbles: about 1.9x the f32 tiles on an AMD EPYC
-    /// (185-192 against 98-99 GMAC/s for 64 tokens, `paths_side_by_side`).
+    /// (185-192 against 98-99 GMAC/s for 64 tokens, `paths_side_by_side`). AVX2 takes them
+    /// with `vpmaddwd`, where tract's own f32 tiles took them before.
     pub fn rounds_chunk_activations(self) -> bool {
-        matches!(self, Isa::Avx512Vnni)
+        matches!(self, Isa::Avx2 | Isa::Avx512Vnni)
     }
 
     /// The fused attention has a kernel.
     pub fn fused_attention(self) -> bool {
-        matches!(self, Isa::Avx512 | Isa::Avx512Vnni | Isa::Neon | Isa::NeonDotprod)
+        matches!(self, Isa::Avx2 | Isa::Avx512 | Isa::Avx512Vnni | Isa::Neon | Isa::NeonDotprod)
     }
 }
 

@@ -6,7 +6,8 @@
 //! passes tract's own row kernels, so the result is the one tract's softmax gives).
 //!
 //! Paths: [`Head::run_reference`] (plain loops, every CPU), `x86` (AVX-512, head sizes that
-//! are multiples of 16), `aarch64` (NEON, head sizes that are multiples of 4).
+//! are multiples of 16; AVX2, multiples of 8), `aarch64` (NEON, head sizes that are multiples
+//! of 4).
 
 use crate::Isa;
 
@@ -66,9 +67,15 @@ impl Head<'_> {
     ) -> Result<(), S::Error> {
         assert!(Isa::detected().runs(isa), "{isa:?} is not a path this CPU runs");
         #[cfg(target_arch = "x86_64")]
-        if self.dim.is_multiple_of(16) && isa.fused_attention() {
+        if self.dim.is_multiple_of(16) && isa.runs(Isa::Avx512) {
             // SAFETY: the CPU runs AVX-512 (checked above) and the head size is a multiple of 16.
             return unsafe { x86::head_avx512(self, softmax, scratch, out) };
+        }
+        #[cfg(target_arch = "x86_64")]
+        if self.dim.is_multiple_of(8) && isa.runs(Isa::Avx2) {
+            // SAFETY: the CPU runs AVX2 and FMA (checked above) and the head size is a multiple
+            // of 8.
+            return unsafe { x86::head_avx2(self, softmax, scratch, out) };
         }
         #[cfg(target_arch = "aarch64")]
         if self.dim.is_multiple_of(4) && isa.fused_attention() {
@@ -147,7 +154,7 @@ mod tests {
     /// causal mask, and a scratch reused across heads that share keys and heads that do not.
     #[test]
     fn every_path_equals_the_f64_formula() {
-        let paths: Vec<Isa> = [Isa::Scalar, Isa::Avx512, Isa::Neon, Isa::NeonDotprod]
+        let paths: Vec<Isa> = [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon, Isa::NeonDotprod]
             .into_iter()
             .filter(|isa| Isa::detected().runs(*isa))
             .collect();

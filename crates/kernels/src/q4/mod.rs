@@ -9,7 +9,7 @@
 //! GGML blocks; the engine checks that tract packs the same.
 //!
 //! Paths: [`reference`] (value by value, every CPU), `x86` (on activations rounded to 16 bits
-//! per block, [`Quantized`]: one column with AVX2, one or several with AVX-512 VNNI; else in
+//! per block, [`Quantized`]: one column or several with AVX2 and with AVX-512 VNNI; else in
 //! f32: one column with AVX2, one or several with AVX-512), `aarch64` (NEON in f32 for one or
 //! several).
 //! [`product`] dispatches on the [`Isa`] it is given.
@@ -183,6 +183,19 @@ impl Quantized {
                     x86::quantize_rows(columns, &mut quantized);
                 } else {
                     x86::quantize_packed(columns, &mut quantized);
+                }
+            }
+            return quantized;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if tile == columns.r && tile <= 8 && Isa::detected().runs(Isa::Avx2) {
+            let mut quantized = Quantized::zeros(columns, tile);
+            // SAFETY: the CPU has AVX2 (checked).
+            unsafe {
+                if tile == 1 {
+                    x86::quantize_rows_avx2(columns, &mut quantized);
+                } else {
+                    x86::quantize_packed_avx2(columns, &mut quantized);
                 }
             }
             return quantized;
@@ -373,20 +386,28 @@ pub fn products(weights: &[Weight], columns: &Columns, team: Option<&SpinTeam>, 
             let (weight, p) = (&weights[w], global - first_panels[w]);
             let (panel, scales) = (&weight.panels[p * panel_bytes..][..panel_bytes], weight.scales);
             match (&quantized, several) {
-                // SAFETY: rounded columns on a path with several columns mean the CPU has
-                // AVX-512 with VNNI and VBMI (checked); the slices have the kernel's sizes
-                // (asserted inside).
+                // SAFETY: the CPU runs `isa` (checked): AVX-512 with VNNI and VBMI; the slices
+                // have the kernel's sizes (asserted inside).
                 #[cfg(target_arch = "x86_64")]
-                (Some(x), true) => unsafe { x86::panel_columns_vnni(panel, scales, x, &mut out) },
+                (Some(x), true) if isa == Isa::Avx512Vnni => unsafe {
+                    x86::panel_columns_vnni(panel, scales, x, &mut out)
+                },
+                // SAFETY: as above: AVX2, FMA and F16C.
+                #[cfg(target_arch = "x86_64")]
+                (Some(x), true) if isa == Isa::Avx2 => unsafe {
+                    x86::panel_columns_avx2_i16(panel, scales, x, &mut out)
+                },
                 (Some(x), _) => {
                     for (t, out) in out.chunks_exact_mut(PANEL_ROWS).enumerate() {
                         product_panel_rounded(panel, scales, x.column(t), out, isa);
                     }
                 }
-                // SAFETY: `several` means the CPU has AVX-512 (checked); the slices have the
-                // kernel's sizes (asserted inside).
+                // SAFETY: the CPU runs `isa` (checked): AVX-512; the slices have the kernel's
+                // sizes (asserted inside).
                 #[cfg(target_arch = "x86_64")]
-                (None, true) => unsafe { x86::panel_columns_avx512(panel, scales, columns, &block_sums, &mut out) },
+                (None, true) if isa == Isa::Avx512 => unsafe {
+                    x86::panel_columns_avx512(panel, scales, columns, &block_sums, &mut out)
+                },
                 // SAFETY: every aarch64 CPU has NEON; the slices have the kernel's sizes
                 // (asserted inside).
                 #[cfg(target_arch = "aarch64")]

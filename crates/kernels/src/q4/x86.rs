@@ -1,5 +1,5 @@
-//! x86_64 kernels of the 4-bit panel product: on activations rounded to 16 bits, AVX2 (one
-//! column) and AVX-512 VNNI (one or several); in f32, AVX2 (one column) and AVX-512 (one or
+//! x86_64 kernels of the 4-bit panel product: on activations rounded to 16 bits, AVX2 and
+//! AVX-512 VNNI (one column or several); in f32, AVX2 (one column) and AVX-512 (one or
 //! several).
 
 use super::{BLOCK, Columns, PANEL_BLOCK_BYTES, PANEL_ROWS, Quantized, QuantizedColumn, Scales};
@@ -554,6 +554,237 @@ pub(super) unsafe fn panel_avx2_i16(panel: &[u8], placement: Scales, x: Quantize
     for (out, rows) in out.iter().zip(rows.chunks_exact_mut(8)) {
         // SAFETY: `rows` is 8 floats long.
         unsafe { _mm256_storeu_ps(rows.as_mut_ptr(), *out) };
+    }
+}
+
+/// [`panel_avx2_i16`] for `n` quantized columns (`x`: n rows of k in tiles, `rows`: n rows of
+/// 32 outputs): each block of the panel is unpacked once, per pair of positions to four
+/// registers of rows 0..8, 8..16, 16..24 and 24..32 (lanes of two 16-bit nibbles, one row,
+/// both positions), which then meet the columns two at a time (eight accumulators and the
+/// pair's four weight registers of sixteen: three columns spilled), each pair of a column
+/// broadcast from memory. The same integer sums and
+/// the same rounding of their scaling as [`panel_columns_vnni`], so the same outputs.
+///
+/// # Safety
+/// As [`panel_avx2_i16`]; `x` holds n columns of the panel's k.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn panel_columns_avx2_i16(panel: &[u8], placement: Scales, x: &Quantized, rows: &mut [f32]) {
+    let (n, k) = (x.n, x.k);
+    let blocks = k / BLOCK;
+    assert!(x.values.len() == n * k && panel.len() == blocks * PANEL_BLOCK_BYTES && rows.len() == n * PANEL_ROWS);
+    assert!(x.scales.len() == n * blocks && x.sums.len() == n * blocks && x.tile >= 1);
+    let low = _mm256_set1_epi16(0x0f);
+    rows.fill(0.0);
+    let mut weights = [_mm256_setzero_si256(); 4 * BLOCK / 2];
+    for (blk, bytes) in panel.chunks_exact(PANEL_BLOCK_BYTES).enumerate() {
+        let (scales, nibbles) = placement.split(bytes);
+        for (w, pair) in weights.chunks_exact_mut(4).zip(nibbles.chunks_exact(32)) {
+            // SAFETY: `pair` is 32 bytes long: two positions of 16.
+            let (a, b) = unsafe {
+                (
+                    _mm256_cvtepu8_epi16(_mm_loadu_si128(pair.as_ptr() as *const __m128i)),
+                    _mm256_cvtepu8_epi16(_mm_loadu_si128(pair.as_ptr().add(16) as *const __m128i)),
+                )
+            };
+            // Lanes of rows (0..4, 8..12) and (4..8, 12..16), then in order.
+            let (lo, hi) = (_mm256_unpacklo_epi16(a, b), _mm256_unpackhi_epi16(a, b));
+            let (first, second) =
+                (_mm256_permute2x128_si256::<0x20>(lo, hi), _mm256_permute2x128_si256::<0x31>(lo, hi));
+            w[0] = _mm256_and_si256(first, low);
+            w[1] = _mm256_and_si256(second, low);
+            w[2] = _mm256_srli_epi16::<4>(first);
+            w[3] = _mm256_srli_epi16::<4>(second);
+        }
+        // SAFETY: `scales` is 64 bytes long: 32 f16, eight per register.
+        let scales = unsafe {
+            [0, 16, 32, 48].map(|at| _mm256_cvtph_ps(_mm_loadu_si128(scales.as_ptr().add(at) as *const __m128i)))
+        };
+        let block = PairedBlock { weights: &weights, scales, x, blk };
+        let mut tile_first = 0;
+        while tile_first < n {
+            let width = (n - tile_first).min(x.tile);
+            let mut at = 0;
+            while at < width {
+                let columns = (width - at).min(2);
+                let rows = &mut rows[(tile_first + at) * PANEL_ROWS..(tile_first + at + columns) * PANEL_ROWS];
+                match columns {
+                    3 => block.columns::<3>(tile_first, width, at, rows),
+                    2 => block.columns::<2>(tile_first, width, at, rows),
+                    _ => block.columns::<1>(tile_first, width, at, rows),
+                }
+                at += columns;
+            }
+            tile_first += width;
+        }
+    }
+}
+
+/// One unpacked block of a panel for AVX2, and the quantized columns.
+struct PairedBlock<'a> {
+    /// Per pair of positions: rows 0..8, 8..16, 16..24, 24..32 (unsigned nibbles).
+    weights: &'a [__m256i; 4 * BLOCK / 2],
+    /// The rows' scales, eight per register.
+    scales: [__m256; 4],
+    x: &'a Quantized,
+    blk: usize,
+}
+
+impl PairedBlock<'_> {
+    /// Columns `at..at + C` of the tile of `width` columns from `first`, times the block,
+    /// added to their `rows` (C rows of 32).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn columns<const C: usize>(&self, first: usize, width: usize, at: usize, rows: &mut [f32]) {
+        let (k, blocks) = (self.x.k, self.x.k / BLOCK);
+        assert!(at + C <= width && first + width <= self.x.n && rows.len() == C * PANEL_ROWS);
+        let mut acc = [[_mm256_setzero_si256(); 4]; C];
+        // The tile's pairs for this block: per pair of positions, `width` columns side by side.
+        let pairs = &self.x.values[first * k + self.blk * BLOCK * width..][..BLOCK * width];
+        let base = pairs.as_ptr() as *const i32;
+        for (pair, w) in self.weights.chunks_exact(4).enumerate() {
+            for (c, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: pair `pair` of column `at + c` is inside `pairs` (BLOCK / 2 * width).
+                let xv = _mm256_set1_epi32(unsafe { base.add(pair * width + at + c).read_unaligned() });
+                for (acc, w) in acc.iter_mut().zip(w) {
+                    *acc = _mm256_add_epi32(*acc, _mm256_madd_epi16(*w, xv));
+                }
+            }
+        }
+        let at_block = first * blocks + self.blk * width + at;
+        let (x_scales, x_sums) = (&self.x.scales[at_block..][..C], &self.x.sums[at_block..][..C]);
+        for (((row, acc), x_scale), x_sum) in rows.chunks_exact_mut(PANEL_ROWS).zip(&acc).zip(x_scales).zip(x_sums) {
+            // The nibbles' offset of 8, as in [`panel_avx2_i16`].
+            let (x_scale, offset) = (_mm256_set1_ps(*x_scale), _mm256_set1_epi32(8 * x_sum));
+            for ((eight, acc), scale) in row.chunks_exact_mut(8).zip(acc).zip(&self.scales) {
+                let products = _mm256_cvtepi32_ps(_mm256_sub_epi32(*acc, offset));
+                // SAFETY: `eight` is 8 floats long.
+                unsafe {
+                    let sum = _mm256_loadu_ps(eight.as_ptr());
+                    _mm256_storeu_ps(
+                        eight.as_mut_ptr(),
+                        _mm256_fmadd_ps(products, _mm256_mul_ps(*scale, x_scale), sum),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// [`quantize_packed`] for AVX2: columns packed by tract in panels of `1 <= r <= 8`, into
+/// tiles of the same `r` columns. A position's `r` values are one register (lane = column),
+/// so a column's largest value, inverse scale and sum stay in its lane; each pair of
+/// positions is stored as `r` lanes of two 16-bit values. The same arithmetic as
+/// [`super::round_block`], so the same values and sums.
+///
+/// # Safety
+/// The CPU has AVX2.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn quantize_packed_avx2(columns: &Columns, x: &mut Quantized) {
+    let (n, k, r, blocks) = (columns.n, columns.k, columns.r, columns.k / BLOCK);
+    assert!((1..=8).contains(&r) && x.tile == r && x.n == n && x.k == k);
+    assert!(x.values.len() == n * k && x.scales.len() == n * blocks && x.sums.len() == n * blocks);
+    assert!(columns.panel_floats >= k * r && columns.data.len() >= (n.div_ceil(r) - 1) * columns.panel_floats + k * r);
+    let lanes_of = |count: usize| {
+        let mask: [i32; 8] = std::array::from_fn(|l| if l < count { -1 } else { 0 });
+        // SAFETY: 8 i32 are 32 bytes.
+        unsafe { _mm256_loadu_si256(mask.as_ptr() as *const __m256i) }
+    };
+    let sign = _mm256_set1_ps(-0.0);
+    let (most, top, nan) = (_mm256_set1_ps(f32::MAX), _mm256_set1_ps(32767.0), _mm256_set1_ps(f32::NAN));
+    let low_words = _mm256_set1_epi32(0xffff);
+    let read = lanes_of(r);
+    for panel in 0..n.div_ceil(r) {
+        let first = panel * r;
+        let width = (n - first).min(r);
+        let written = lanes_of(width);
+        let source = &columns.data[panel * columns.panel_floats..][..k * r];
+        for (blk, positions) in source.chunks_exact(BLOCK * r).enumerate() {
+            let load = |p: usize| {
+                // SAFETY: p < BLOCK: the mask reads position p's `r` floats, inside `positions`.
+                unsafe { _mm256_maskload_ps(positions.as_ptr().add(p * r), read) }
+            };
+            let (mut largest, mut unordered) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            for p in 0..BLOCK {
+                let v = load(p);
+                unordered = _mm256_or_ps(unordered, _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
+                largest = _mm256_max_ps(largest, _mm256_andnot_ps(sign, v));
+            }
+            let finite = _mm256_andnot_ps(unordered, _mm256_cmp_ps::<_CMP_LE_OQ>(largest, most));
+            let usable = _mm256_and_ps(finite, _mm256_cmp_ps::<_CMP_GT_OQ>(largest, _mm256_setzero_ps()));
+            // An infinite or NaN value gives a NaN scale (NaN products), a block of zeros 0.
+            let scales = _mm256_blendv_ps(nan, _mm256_div_ps(largest, top), finite);
+            let inverse = _mm256_and_ps(usable, _mm256_div_ps(top, largest));
+            let usable = _mm256_castps_si256(usable);
+            let mut sums = _mm256_setzero_si256();
+            for pair in 0..BLOCK / 2 {
+                let q = |p| _mm256_and_si256(usable, _mm256_cvtps_epi32(_mm256_mul_ps(load(p), inverse)));
+                let (even, odd) = (q(2 * pair), q(2 * pair + 1));
+                sums = _mm256_add_epi32(sums, _mm256_add_epi32(even, odd));
+                let words = _mm256_or_si256(_mm256_and_si256(even, low_words), _mm256_slli_epi32::<16>(odd));
+                let at = &mut x.values[first * k + blk * BLOCK * width + pair * 2 * width..][..2 * width];
+                // SAFETY: the mask stores `width` lanes of two 16-bit values, the length of `at`.
+                unsafe { _mm256_maskstore_epi32(at.as_mut_ptr() as *mut i32, written, words) };
+            }
+            let at = first * blocks + blk * width;
+            // SAFETY: the masks store `width` values, inside `scales` and `sums` (n * blocks).
+            unsafe {
+                _mm256_maskstore_ps(x.scales[at..][..width].as_mut_ptr(), written, scales);
+                _mm256_maskstore_epi32(x.sums[at..][..width].as_mut_ptr(), written, sums);
+            }
+        }
+    }
+}
+
+/// [`quantize_rows`] for AVX2: a block of a column is four registers, rounded with one scale
+/// and narrowed to 16 bits.
+///
+/// # Safety
+/// The CPU has AVX2.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn quantize_rows_avx2(columns: &Columns, x: &mut Quantized) {
+    let (n, k, blocks) = (columns.n, columns.k, columns.k / BLOCK);
+    assert!(columns.r == 1 && x.tile == 1 && x.n == n && x.k == k);
+    assert!(x.values.len() == n * k && x.scales.len() == n * blocks && x.sums.len() == n * blocks);
+    assert!(columns.panel_floats >= k && columns.data.len() >= (n - 1) * columns.panel_floats + k);
+    let sign = _mm256_set1_ps(-0.0);
+    for t in 0..n {
+        let column = &columns.data[t * columns.panel_floats..][..k];
+        for (blk, block) in column.chunks_exact(BLOCK).enumerate() {
+            // SAFETY: `block` is 32 floats long: four registers.
+            let v: [__m256; 4] = std::array::from_fn(|i| unsafe { _mm256_loadu_ps(block.as_ptr().add(8 * i)) });
+            let mut unordered = _mm256_setzero_ps();
+            let mut largest = _mm256_setzero_ps();
+            for v in v {
+                unordered = _mm256_or_ps(unordered, _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
+                largest = _mm256_max_ps(largest, _mm256_andnot_ps(sign, v));
+            }
+            let mut lanes = [0f32; 8];
+            // SAFETY: `lanes` is 8 floats long.
+            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), largest) };
+            let largest = lanes.iter().fold(0f32, |m, &v| m.max(v));
+            let at = t * blocks + blk;
+            let values = &mut x.values[t * k + blk * BLOCK..][..BLOCK];
+            if _mm256_movemask_ps(unordered) != 0 || !largest.is_finite() || largest == 0.0 {
+                // As [`super::round_block`]: NaN products from a NaN or infinite value.
+                values.fill(0);
+                let zeros = _mm256_movemask_ps(unordered) == 0 && largest == 0.0;
+                (x.scales[at], x.sums[at]) = (if zeros { 0.0 } else { f32::NAN }, 0);
+                continue;
+            }
+            let inverse = _mm256_set1_ps(32767.0 / largest);
+            let q = v.map(|v| _mm256_cvtps_epi32(_mm256_mul_ps(v, inverse)));
+            // `packs` interleaves the halves of its two registers: put them back in order.
+            let order = |a, b| _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(a, b));
+            // SAFETY: `values` is 32 16-bit values: 16 from each pair of registers.
+            unsafe {
+                _mm256_storeu_si256(values.as_mut_ptr() as *mut __m256i, order(q[0], q[1]));
+                _mm256_storeu_si256(values.as_mut_ptr().add(16) as *mut __m256i, order(q[2], q[3]));
+            }
+            let mut sums = [0i32; 8];
+            let sum = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+            // SAFETY: `sums` is 8 i32 long.
+            unsafe { _mm256_storeu_si256(sums.as_mut_ptr() as *mut __m256i, sum) };
+            (x.scales[at], x.sums[at]) = (largest / 32767.0, sums.iter().sum());
+        }
     }
 }
 
