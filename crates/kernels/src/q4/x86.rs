@@ -561,8 +561,8 @@ pub(super) unsafe fn panel_avx2_i16(panel: &[u8], placement: Scales, x: Quantize
 /// 32 outputs): each block of the panel is unpacked once, per pair of positions to four
 /// registers of rows 0..8, 8..16, 16..24 and 24..32 (lanes of two 16-bit nibbles, one row,
 /// both positions), which then meet the columns two at a time (eight accumulators and the
-/// pair's four weight registers of sixteen: three columns spilled), each pair of a column
-/// broadcast from memory. The same integer sums and
+/// pair's four weight registers of sixteen; three at a time spilled and ran 10-20% slower on
+/// an AMD EPYC Zen 3), each pair of a column broadcast from memory. The same integer sums and
 /// the same rounding of their scaling as [`panel_columns_vnni`], so the same outputs.
 ///
 /// # Safety
@@ -608,7 +608,6 @@ pub(super) unsafe fn panel_columns_avx2_i16(panel: &[u8], placement: Scales, x: 
                 let columns = (width - at).min(2);
                 let rows = &mut rows[(tile_first + at) * PANEL_ROWS..(tile_first + at + columns) * PANEL_ROWS];
                 match columns {
-                    3 => block.columns::<3>(tile_first, width, at, rows),
                     2 => block.columns::<2>(tile_first, width, at, rows),
                     _ => block.columns::<1>(tile_first, width, at, rows),
                 }
