@@ -98,6 +98,16 @@ fn compiled_model_cache_is_written_reused_and_rebuilt_when_damaged() {
             assert!(fusions.grouped_products >= 5 * layers, "{graph}: {fusions:?}, {layers} layers");
         }
         assert!(fusions.axis_nodes_removed >= 10 * layers, "{graph}: {fusions:?}");
+        // Every CPU with a vector attention head (AVX2 and up, NEON) runs every layer's on it,
+        // and those that round prompt chunks (AVX2, AVX-512 VNNI) pack them for the wide tiles (four
+        // packings a layer, fewer in the last, sliced to one position).
+        let isa = edgellm_engine::Isa::current();
+        if isa.fused_attention() {
+            assert_eq!(fusions.fused_attention, layers, "{graph}: {fusions:?}");
+        }
+        if isa.rounds_chunk_activations() && fusions.q4_products > 0 {
+            assert!(fusions.wide_packs >= 3 * layers, "{graph}: {fusions:?}, {layers} layers");
+        }
     }
     drop(second);
 

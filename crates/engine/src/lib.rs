@@ -34,6 +34,8 @@ use tokenizers::Tokenizer;
 use tract_onnx::prelude::*;
 
 pub use compiled_cache::CacheOutcome;
+/// The kernel path this CPU runs (and `EDGELLM_ISA` may lower), for callers that report it.
+pub use edgellm_kernels::Isa;
 pub use embedder::{Embedder, EmbedderInfo, EmbedderManifest};
 pub use family::ModelFamily;
 pub use manifest::{ModelDims, ModelManifest, SpecialTokens};
@@ -186,6 +188,8 @@ pub struct GraphFusions {
     pub grouped_products: usize,
     /// Axis nodes (reshapes, moves) gone from the plan ([`axis_chain`]).
     pub axis_nodes_removed: usize,
+    /// Layers whose attention runs as one op on edgellm's kernels ([`attention`]).
+    pub fused_attention: usize,
 }
 
 /// The model state of one sequence: cheap to clone, since tensors are shared.
@@ -642,6 +646,7 @@ fn build_plan(
     } else {
         axis_chain::fuse_axis_chains(&mut typed)?
     };
+    let fused_attention = typed.nodes().iter().filter(|n| n.op_is::<attention::FusedAttention>()).count();
     let optimized = started.elapsed();
     // No executor in the plan: `forward` picks one per step.
     let plan = typed.into_runnable_with_options(&RunOptions::default())?;
@@ -666,6 +671,7 @@ fn build_plan(
         wide_packs,
         grouped_products,
         axis_nodes_removed: axis_nodes_fused,
+        fused_attention,
     };
     Ok((plan, io, cache, fusions))
 }
