@@ -26,16 +26,8 @@ pub(super) unsafe fn head_neon<S: RowSoftmax>(
     scratch.scores.clear();
     scratch.scores.resize(padded, 0.0);
     let transposed = rows >= 4;
-    let keys_id = (head.k.as_ptr() as usize, head.k.len());
-    if transposed && scratch.keys_t_of != Some(keys_id) {
-        scratch.keys_t_of = Some(keys_id);
-        scratch.keys_t.clear();
-        scratch.keys_t.resize(d * padded, 0.0);
-        for (t, key) in head.k.chunks_exact(d).enumerate() {
-            for (i, &x) in key.iter().enumerate() {
-                scratch.keys_t[i * padded + t] = x;
-            }
-        }
+    if transposed {
+        scratch.transpose_keys(head.k, d, padded);
     }
     for ((q, mask), out) in head.q.chunks_exact(d).zip(head.mask.chunks_exact(keys)).zip(out.chunks_exact_mut(d)) {
         if transposed {

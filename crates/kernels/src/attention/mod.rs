@@ -40,10 +40,30 @@ pub struct Scratch {
     /// Only the SIMD paths transpose keys; 32-bit ARM and others have the reference alone.
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
     keys_t: Vec<f32>,
-    /// Which keys `keys_t` holds (their address and length in the op's input), so that the
-    /// query heads of a group, which share them, transpose them once.
+    /// Which keys `keys_t` holds (their address and length in the op's input, and the padded
+    /// width), so that the query heads of a group, which share them, transpose them once.
     #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-    keys_t_of: Option<(usize, usize)>,
+    keys_t_of: Option<(usize, usize, usize)>,
+}
+
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+impl Scratch {
+    /// `k` (T rows of `d`) transposed into `keys_t` (`d` rows of `padded`, zeros after the T
+    /// keys), unless it holds them already.
+    fn transpose_keys(&mut self, k: &[f32], d: usize, padded: usize) {
+        let id = (k.as_ptr() as usize, k.len(), padded);
+        if self.keys_t_of == Some(id) {
+            return;
+        }
+        self.keys_t_of = Some(id);
+        self.keys_t.clear();
+        self.keys_t.resize(d * padded, 0.0);
+        for (t, key) in k.chunks_exact(d).enumerate() {
+            for (i, &x) in key.iter().enumerate() {
+                self.keys_t[i * padded + t] = x;
+            }
+        }
+    }
 }
 
 /// How many keys a row of `mask` sees: up to its last key not hidden. A key is hidden when its

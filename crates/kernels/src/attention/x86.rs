@@ -28,16 +28,8 @@ pub(super) unsafe fn head_avx512<S: RowSoftmax>(
     scratch.scores.clear();
     scratch.scores.resize(padded, 0.0);
     let transposed = rows >= 4;
-    let keys_id = (head.k.as_ptr() as usize, head.k.len());
-    if transposed && scratch.keys_t_of != Some(keys_id) {
-        scratch.keys_t_of = Some(keys_id);
-        scratch.keys_t.clear();
-        scratch.keys_t.resize(d * padded, 0.0);
-        for (t, key) in head.k.chunks_exact(d).enumerate() {
-            for (i, &x) in key.iter().enumerate() {
-                scratch.keys_t[i * padded + t] = x;
-            }
-        }
+    if transposed {
+        scratch.transpose_keys(head.k, d, padded);
     }
     for ((q, mask), out) in head.q.chunks_exact(d).zip(head.mask.chunks_exact(keys)).zip(out.chunks_exact_mut(d)) {
         // The keys this row sees: a causal mask hides the tail of a prompt chunk's rows, whose
@@ -206,21 +198,13 @@ pub(super) unsafe fn head_avx2<S: RowSoftmax>(
     let keys = head.k.len() / d;
     let rows = head.q.len() / d;
     assert!(d.is_multiple_of(8) && head.v.len() == keys * d && head.mask.len() == rows * keys && out.len() == rows * d);
-    // Padded as [`head_avx512`] pads, so that a scratch's transposed keys mean the same.
+    // Padded to 16 keys as [`head_avx512`] pads (two registers of eight).
     let padded = keys.next_multiple_of(16);
     scratch.scores.clear();
     scratch.scores.resize(padded, 0.0);
     let transposed = rows >= 4;
-    let keys_id = (head.k.as_ptr() as usize, head.k.len());
-    if transposed && scratch.keys_t_of != Some(keys_id) {
-        scratch.keys_t_of = Some(keys_id);
-        scratch.keys_t.clear();
-        scratch.keys_t.resize(d * padded, 0.0);
-        for (t, key) in head.k.chunks_exact(d).enumerate() {
-            for (i, &x) in key.iter().enumerate() {
-                scratch.keys_t[i * padded + t] = x;
-            }
-        }
+    if transposed {
+        scratch.transpose_keys(head.k, d, padded);
     }
     for ((q, mask), out) in head.q.chunks_exact(d).zip(head.mask.chunks_exact(keys)).zip(out.chunks_exact_mut(d)) {
         let seen = super::visible_keys(mask);
