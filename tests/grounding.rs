@@ -236,14 +236,15 @@ fn report(name: &str, t: &mut Tally) -> (f64, f64, f64) {
 fn grounded_answers_hold_the_fact_on_both_sets() {
     // (name, directory, question column, regex column, recall@3 floor: overall, paraphrases).
     // Recall's goal test is tests/retrieval.rs; here, through the whole pipeline, the lab set
-    // loses one paraphrase ("Will someone guide me when I join?") to the injection guard, and
-    // the station set is BELOW THE GOAL (0.914, 0.828): these are regression floors.
+    // loses one paraphrase ("Will someone guide me when I join?") to the injection guard and
+    // still meets the goal (0.958, 0.917), and the station set is BELOW THE GOAL (0.931,
+    // 0.862): these are regression floors.
     // lab-own: questions on the lab's files written after the check was tuned (second clauses,
     // negations, paraphrases), as a check of the check; it meets the recall goal.
     let sets = [
-        ("lab", "retrieval", "questions.tsv", 2, 3, (0.93, 0.87)),
+        ("lab", "retrieval", "questions.tsv", 2, 3, (0.95, 0.9)),
         ("lab-own", "retrieval", "own_questions.tsv", 2, 3, (0.95, 0.9)),
-        ("station", "grounding_ops", "questions.tsv", 3, 2, (0.91, 0.82)),
+        ("station", "grounding_ops", "questions.tsv", 3, 2, (0.93, 0.86)),
     ];
     let mut failures = Vec::new();
     let (mut right, mut total) = (0, 0);

@@ -62,9 +62,11 @@ fn sets() -> Vec<Set> {
         GroundingConfig { knowledge_dir: Some(data("grounding_ops").join("knowledge")), ..Default::default() };
     vec![
         Set { name: "lab", config: lab, questions: questions("retrieval", 2), floor: GOAL },
-        // BELOW THE GOAL: 0.914 overall, 0.828 on paraphrases (the same with dense alone:
-        // five paraphrases MiniLM does not place near their section). A floor, not the goal.
-        Set { name: "station", config: station, questions: questions("grounding_ops", 3), floor: (0.91, 0.82) },
+        // BELOW THE GOAL: 0.931 overall, 0.862 on paraphrases (the same with dense alone:
+        // four paraphrases MiniLM does not place near their section; 0.914 / 0.828 while
+        // `min_similarity` dropped each chunk under it, not only prompts whose best match is).
+        // A floor, not the goal.
+        Set { name: "station", config: station, questions: questions("grounding_ops", 3), floor: (0.93, 0.86) },
     ]
 }
 

@@ -182,8 +182,11 @@ impl DenseIndex {
             + self.sentences.as_ref().map_or(0, |s| s.bytes())
     }
 
-    /// The `k` rows most similar to the unit vector `query` with at least `min_similarity`,
-    /// best first (an exhaustive scan: a few thousand rows take well under a millisecond).
+    /// The `k` rows most similar to the unit vector `query`, best first, or none when even the
+    /// best is under `min_similarity` (the prompt is not about the knowledge). The floor gates
+    /// the prompt, not each row: a paraphrase's right chunk often scores well under the floor
+    /// beside a better-matching neighbour (an exhaustive scan: a few thousand rows take well
+    /// under a millisecond).
     pub fn search(&self, query: &[f32], k: usize, min_similarity: f32) -> Vec<(usize, f32)> {
         if query.len() != self.dimension || k == 0 {
             return Vec::new();
@@ -191,12 +194,15 @@ impl DenseIndex {
         let mut best: Vec<(usize, f32)> = Vec::with_capacity(k + 1);
         for i in 0..self.len {
             let score = self.similarity(i, query);
-            if score < min_similarity || best.len() == k && score <= best[k - 1].1 {
+            if best.len() == k && score <= best[k - 1].1 {
                 continue;
             }
             let at = best.partition_point(|(_, s)| *s >= score);
             best.insert(at, (i, score));
             best.truncate(k);
+        }
+        if best.first().is_none_or(|(_, score)| *score < min_similarity) {
+            best.clear();
         }
         best
     }
@@ -265,7 +271,10 @@ pub fn retrieve(
         }
         (Retrieval::Hybrid, Some((vectors, query))) => {
             let keyword = knowledge.search(terms, candidates);
-            let similar = vectors.search(query, candidates, e.min_similarity);
+            // A prompt that shares a search term with the knowledge gets its keyword matches
+            // in any case: its dense ranking then competes with them, floor or not.
+            let floor = if keyword.is_empty() { e.min_similarity } else { -1.0 };
+            let similar = vectors.search(query, candidates, floor);
             match e.fusion {
                 Fusion::Rrf => fuse(&keyword, &similar, e.rrf_k, top),
                 Fusion::Weighted => fuse_weighted(&keyword, &similar, e.keyword_weight, top, |chunk| {

@@ -83,7 +83,8 @@ pub struct EmbeddingConfig {
     pub model_dir: Option<PathBuf>,
     /// Tokens of a chunk or prompt the model reads; the rest is truncated.
     pub max_tokens: usize,
-    /// Cosine similarity below which a dense match does not count.
+    /// Cosine similarity the best chunk must reach for any dense match to count (a prompt
+    /// under it is not about the knowledge); the next best are ranked after it.
     pub min_similarity: f32,
     /// Candidates each retriever contributes to the fusion.
     pub candidates: usize,
@@ -230,7 +231,7 @@ mod tests {
     }
 
     #[test]
-    fn dense_search_ranks_by_cosine_and_drops_weak_matches() {
+    fn dense_search_ranks_by_cosine_when_the_best_match_is_strong_enough() {
         let mut dense = DenseIndex::with_capacity(2, 4);
         for v in [[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]] {
             let row = dense.len;
@@ -240,8 +241,48 @@ mod tests {
         }
         let hits = dense.search(&[0.8, 0.6], 2, 0.0);
         assert_eq!(hits.iter().map(|h| h.0).collect::<Vec<_>>(), vec![1, 0]);
+        // The best (1.0) reaches the floor, so the weaker rows (0.8, 0.0) are ranked after it.
         let strong = dense.search(&[0.0, 1.0], 3, 0.7);
-        assert_eq!(strong.iter().map(|h| h.0).collect::<Vec<_>>(), vec![2, 1]);
+        assert_eq!(strong.iter().map(|h| h.0).collect::<Vec<_>>(), vec![2, 1, 0]);
+        // The best (0.96) is under the floor: the prompt matches nothing.
+        assert!(dense.search(&[0.8, 0.6], 3, 0.97).is_empty());
+        assert_eq!(dense.search(&[0.8, 0.6], 1, 0.95).len(), 1);
+    }
+
+    #[test]
+    fn a_prompt_sharing_a_word_with_the_knowledge_gets_its_dense_ranking_under_the_floor() {
+        let (_dir, index) = knowledge(&[
+            ("a.md", "# Parking\nStaff park in bays 1 to 6."),
+            ("b.md", "# Radio\nCarry the Safelink radio on site."),
+            ("c.md", "# Canteen\nLunch is served at noon."),
+        ]);
+        // One axis per chunk, by its heading.
+        let mut embed = |text: &str, out: &mut [f32]| {
+            out.fill(0.0);
+            out[["Parking", "Radio", "Canteen"].iter().position(|h| text.contains(h)).unwrap()] = 1.0;
+            Ok(())
+        };
+        let (dense, _) = DenseIndex::build(&index, 3, 10, None, &mut embed).unwrap();
+        let chunk_of = |file: &str| index.chunks.iter().position(|c| c.source == file).unwrap();
+        // Closest to the parking chunk, but under the floor (0.25).
+        let query = [0.2, 0.1, 0.0];
+        let config = GroundingConfig::default();
+        let retrieve = |terms: &[(String, f32)], how| {
+            let mut hits: Vec<usize> =
+                retrieve(&index, Some((&dense, &query)), terms, how, &config).iter().map(|h| h.chunk).collect();
+            hits.sort();
+            hits
+        };
+        let lunch: Vec<(String, f32)> = terms("When is lunch?").map(|t| (t, 1.0)).collect();
+        let nothing: Vec<(String, f32)> = terms("How tall is Everest?").map(|t| (t, 1.0)).collect();
+        assert!(retrieve(&nothing, Retrieval::Dense).is_empty(), "no chunk reaches the floor");
+        assert!(retrieve(&nothing, Retrieval::Hybrid).is_empty(), "nor shares a word");
+        assert!(retrieve(&lunch, Retrieval::Dense).is_empty(), "dense alone ignores the shared word");
+        assert_eq!(
+            retrieve(&lunch, Retrieval::Hybrid),
+            vec![chunk_of("a.md"), chunk_of("b.md"), chunk_of("c.md")],
+            "the keyword match and, beside it, the dense ranking under the floor"
+        );
     }
 
     #[test]
