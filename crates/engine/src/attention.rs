@@ -286,7 +286,8 @@ fn fused_f32(inputs: &[TValue], scale: f32) -> TractResult<Option<Tensor>> {
     Ok(Some(output))
 }
 
-/// The heads split in one run of consecutive heads per thread.
+/// The heads split in runs of consecutive heads, up to four per thread, so that a helper that
+/// loses its core holds few heads and the caller runs the others.
 fn run_on_team(
     team: &SpinTeam,
     heads: usize,
@@ -294,7 +295,7 @@ fn run_on_team(
     out: &mut [f32],
     run: &(dyn Fn(usize, &mut [f32]) -> TractResult<()> + Sync),
 ) -> TractResult<()> {
-    let per_part = heads.div_ceil(team.threads());
+    let per_part = heads.div_ceil(heads.min(team.threads() * 4));
     /// The first head of a part, its outputs, and how it went.
     type Part<'a> = std::sync::Mutex<(usize, &'a mut [f32], TractResult<()>)>;
     let parts: Vec<Part> = out
@@ -302,7 +303,7 @@ fn run_on_team(
         .enumerate()
         .map(|(i, out)| std::sync::Mutex::new((i * per_part, out, Ok(()))))
         .collect();
-    team.run(&|i| {
+    team.run_parts(parts.len(), &|i| {
         if let Some(part) = parts.get(i) {
             let mut part = part.lock().unwrap_or_else(|e| e.into_inner());
             let (first, out, result) = &mut *part;

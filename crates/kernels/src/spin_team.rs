@@ -85,8 +85,10 @@ struct Shared {
     /// The current job: a `*const &(dyn Fn(usize) + Sync)` on the caller's stack. Valid while
     /// its epoch has unclaimed or unfinished parts (`run` waits for them before it returns).
     job: AtomicPtr<()>,
-    /// Parts of the current job: the team's threads.
-    parts: usize,
+    /// The team's threads, the caller included.
+    threads: usize,
+    /// Parts of the current job (stored before its epoch is published).
+    parts: AtomicUsize,
     /// Parts of the current job finished by helpers.
     helper_done: AtomicUsize,
     /// A helper's part panicked.
@@ -124,7 +126,8 @@ impl SpinTeam {
         let shared = Arc::new(Shared {
             claims: AtomicU64::new(0),
             job: AtomicPtr::new(std::ptr::null_mut()),
-            parts: threads,
+            threads,
+            parts: AtomicUsize::new(threads),
             helper_done: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
             caller_parked: AtomicBool::new(false),
@@ -155,7 +158,7 @@ impl SpinTeam {
 
     /// Threads that take part in a job, the caller included.
     pub fn threads(&self) -> usize {
-        self.shared.parts
+        self.shared.threads
     }
 
     /// How the team has run its jobs so far.
@@ -170,15 +173,23 @@ impl SpinTeam {
     /// Any thread of the team may run any part; the caller runs whatever no helper has started
     /// when it gets to it. A panic in a part is raised here, after the other parts have ended.
     pub fn run(&self, part: &(dyn Fn(usize) + Sync)) {
+        self.run_parts(self.threads(), part)
+    }
+
+    /// [`SpinTeam::run`] for `parts` parts (at least 1): more parts than threads keep what a
+    /// descheduled helper holds small, since the caller claims every part no helper has
+    /// started; the job then waits at most for the one part a helper lost its core in.
+    pub fn run_parts(&self, parts: usize, part: &(dyn Fn(usize) + Sync)) {
         let shared = &*self.shared;
+        let parts = parts.clamp(1, CLAIM_MASK as usize / 2);
         if self.helpers.is_empty() {
-            return (0..shared.parts).for_each(part);
+            return (0..parts).for_each(part);
         }
         let mut dispatch = self.dispatch.lock().unwrap_or_else(|e| e.into_inner());
         if dispatch.balance.solo() {
             shared.solo.store(true, Ordering::Relaxed);
             shared.solo_jobs.fetch_add(1, Ordering::Relaxed);
-            return (0..shared.parts).for_each(part);
+            return (0..parts).for_each(part);
         }
         shared.solo.store(false, Ordering::Relaxed);
         shared.team_jobs.fetch_add(1, Ordering::Relaxed);
@@ -187,6 +198,7 @@ impl SpinTeam {
         let epoch = dispatch.epoch;
         shared.job.store(&part as *const &(dyn Fn(usize) + Sync) as *mut (), Ordering::Relaxed);
         shared.helper_done.store(0, Ordering::Relaxed);
+        shared.parts.store(parts, Ordering::Relaxed);
         // Publishes the job and the reset count with it.
         shared.claims.store(epoch << CLAIM_BITS, Ordering::SeqCst);
         if shared.sleepers.load(Ordering::SeqCst) > 0 {
@@ -205,13 +217,13 @@ impl SpinTeam {
             }
         }));
         // No part can be claimed any more (a panic may have left some unclaimed).
-        let claimed = ((shared.claims.swap((epoch << CLAIM_BITS) | shared.parts as u64, Ordering::SeqCst) & CLAIM_MASK)
+        let claimed = ((shared.claims.swap((epoch << CLAIM_BITS) | parts as u64, Ordering::SeqCst) & CLAIM_MASK)
             as usize)
-            .min(shared.parts);
+            .min(parts);
         shared.wait_for_helpers(claimed - mine);
         shared.job.store(std::ptr::null_mut(), Ordering::Relaxed);
         if ran.is_ok() {
-            dispatch.balance.record(started.elapsed(), working, mine, shared.parts);
+            dispatch.balance.record(started.elapsed(), working, mine, parts);
         }
         drop(dispatch);
         let helper_panicked = shared.panicked.swap(false, Ordering::SeqCst);
@@ -230,7 +242,8 @@ impl Shared {
         let mut word = self.claims.load(Ordering::Acquire);
         loop {
             let claimed = (word & CLAIM_MASK) as usize;
-            if word >> CLAIM_BITS != epoch || claimed >= self.parts {
+            // `parts` was stored before the epoch this load acquired.
+            if word >> CLAIM_BITS != epoch || claimed >= self.parts.load(Ordering::Relaxed) {
                 return None;
             }
             match self.claims.compare_exchange_weak(word, word + 1, Ordering::AcqRel, Ordering::Acquire) {
@@ -448,6 +461,39 @@ mod tests {
     /// With 1, 2 and 3 threads, every part runs exactly once per job, over many jobs in a
     /// row, jobs of different lengths and after the helpers have gone to sleep; the helpers
     /// do take parts.
+    #[test]
+    fn every_part_runs_once_when_each_job_has_its_own_number_of_parts() {
+        for threads in 1..=3 {
+            let team = SpinTeam::new(threads).unwrap();
+            let mut helped = false;
+            for round in 0..3000 {
+                // 1 to 13 parts, changing from one job to the next.
+                let parts = 1 + round * 7 % 13;
+                let hits: Vec<AtomicUsize> = (0..parts + 1).map(|_| AtomicUsize::new(0)).collect();
+                let caller = std::thread::current().id();
+                let by_helper = AtomicUsize::new(0);
+                team.run_parts(parts, &|i| {
+                    hits[i].fetch_add(1, Ordering::SeqCst);
+                    if std::thread::current().id() != caller {
+                        by_helper.fetch_add(1, Ordering::SeqCst);
+                    }
+                    if round % 11 == 0 {
+                        std::thread::sleep(Duration::from_micros(20));
+                    }
+                });
+                let hits: Vec<usize> = hits.iter().map(|h| h.load(Ordering::SeqCst)).collect();
+                assert!(hits[..parts].iter().all(|&h| h == 1), "{threads} threads, {parts} parts: {hits:?}");
+                assert_eq!(hits[parts], 0, "no part past the job's {parts}");
+                helped |= by_helper.load(Ordering::SeqCst) > 0;
+            }
+            if threads == 1 {
+                assert!(!helped, "a team of one has no helper");
+            } else {
+                assert!(helped || until_a_helper_helps(&team), "{threads} threads: no helper ever ran a part");
+            }
+        }
+    }
+
     #[test]
     fn every_part_runs_once_per_job_with_1_2_and_3_threads() {
         for threads in 1..=3 {

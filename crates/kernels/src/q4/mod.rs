@@ -328,6 +328,20 @@ impl<'a> Outputs<'a> {
 /// Products with fewer multiply-adds than this stay on the calling thread.
 const PARALLEL_MIN_MACS: usize = 1 << 16;
 
+/// Multiply-adds per part of a product shared out over a team, at least (a few microseconds).
+const PART_MIN_MACS: usize = 1 << 17;
+
+/// Parts per thread of a large product: a helper that loses its core mid-part holds an
+/// eighth of a two-thread job, not half of it, and the caller runs the rest.
+const PARTS_PER_THREAD: usize = 4;
+
+/// How many parts a product of `macs` multiply-adds is cut into for `threads` threads: one per
+/// thread for a small one, up to [`PARTS_PER_THREAD`] per thread as long as each part keeps
+/// [`PART_MIN_MACS`].
+fn parts_of(macs: usize, threads: usize) -> usize {
+    (macs / PART_MIN_MACS).clamp(threads, threads * PARTS_PER_THREAD)
+}
+
 /// Columns per tile of the kernel for several rounded columns: tract's panel of `r` columns
 /// (6 for its AVX-512 kernels), which the columns are rounded from in place, up to eight.
 fn chunk_tile(columns: &Columns) -> usize {
@@ -420,8 +434,12 @@ pub fn products(weights: &[Weight], columns: &Columns, team: Option<&SpinTeam>, 
     };
     match team {
         Some(team) if team.threads() > 1 && n_panels * PANEL_ROWS * n * k >= PARALLEL_MIN_MACS => {
-            let per_part = n_panels.div_ceil(team.threads());
-            team.run(&|i| run(i * per_part, per_part));
+            let parts = parts_of(n_panels * PANEL_ROWS * n * k, team.threads()).min(n_panels);
+            // Part i covers panels [i n / parts, (i + 1) n / parts): sizes that differ by one.
+            team.run_parts(parts, &|i| {
+                let first = i * n_panels / parts;
+                run(first, (i + 1) * n_panels / parts - first)
+            });
         }
         _ => run(0, n_panels),
     }
@@ -537,6 +555,14 @@ mod tests {
 
     /// The zero-point products on every path this CPU runs equal the sums computed in f64,
     /// into rows of `m` (in place) and transposed, for an `m` that is no multiple of a vector.
+    #[test]
+    fn large_products_are_cut_into_more_parts_than_threads() {
+        assert_eq!(parts_of(PARALLEL_MIN_MACS, 2), 2, "a small product: one part per thread");
+        assert_eq!(parts_of(6 * PART_MIN_MACS, 2), 6);
+        assert_eq!(parts_of(1 << 30, 2), 2 * PARTS_PER_THREAD, "at most four per thread");
+        assert_eq!(parts_of(1 << 30, 3), 3 * PARTS_PER_THREAD);
+    }
+
     #[test]
     fn zero_point_products_equal_the_f64_sums_on_every_path() {
         let (m, blocks, n) = (37, 5, 3);
