@@ -461,9 +461,8 @@ mod tests {
         false
     }
 
-    /// With 1, 2 and 3 threads, every part runs exactly once per job, over many jobs in a
-    /// row, jobs of different lengths and after the helpers have gone to sleep; the helpers
-    /// do take parts.
+    /// Jobs of 1 to 13 parts in a row, on teams of 1, 2 and 3 threads: every part of each job
+    /// runs exactly once and none past its count; helpers take parts.
     #[test]
     fn every_part_runs_once_when_each_job_has_its_own_number_of_parts() {
         for threads in 1..=3 {
@@ -497,6 +496,9 @@ mod tests {
         }
     }
 
+    /// With 1, 2 and 3 threads, every part runs exactly once per job, over many jobs in a
+    /// row, jobs of different lengths and after the helpers have gone to sleep; the helpers
+    /// do take parts.
     #[test]
     fn every_part_runs_once_per_job_with_1_2_and_3_threads() {
         for threads in 1..=3 {

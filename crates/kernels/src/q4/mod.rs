@@ -553,8 +553,6 @@ pub(crate) fn zero_point_products(
 mod tests {
     use super::*;
 
-    /// The zero-point products on every path this CPU runs equal the sums computed in f64,
-    /// into rows of `m` (in place) and transposed, for an `m` that is no multiple of a vector.
     #[test]
     fn large_products_are_cut_into_more_parts_than_threads() {
         assert_eq!(parts_of(PARALLEL_MIN_MACS, 2), 2, "a small product: one part per thread");
@@ -563,6 +561,8 @@ mod tests {
         assert_eq!(parts_of(1 << 30, 3), 3 * PARTS_PER_THREAD);
     }
 
+    /// The zero-point products on every path this CPU runs equal the sums computed in f64,
+    /// into rows of `m` (in place) and transposed, for an `m` that is no multiple of a vector.
     #[test]
     fn zero_point_products_equal_the_f64_sums_on_every_path() {
         let (m, blocks, n) = (37, 5, 3);
