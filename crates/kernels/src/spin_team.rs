@@ -219,8 +219,11 @@ impl SpinTeam {
                 working += start.elapsed();
             }
         }));
-        // No part can be claimed any more (a panic may have left some unclaimed).
-        let claimed = ((shared.claims.swap((epoch << CLAIM_BITS) | parts as u64, Ordering::SeqCst) & CLAIM_MASK)
+        // No part can be claimed any more (a panic may have left some unclaimed). The count is
+        // set past any job's part count, not to this job's: a helper still in `claim(epoch)`
+        // may read the next job's `parts` (stored before that job's epoch is published), and a
+        // larger one must not let it claim a part of this finished job.
+        let claimed = ((shared.claims.swap((epoch << CLAIM_BITS) | CLAIM_MASK, Ordering::SeqCst) & CLAIM_MASK)
             as usize)
             .min(parts);
         shared.wait_for_helpers(claimed - mine);
@@ -245,7 +248,8 @@ impl Shared {
         let mut word = self.claims.load(Ordering::Acquire);
         loop {
             let claimed = (word & CLAIM_MASK) as usize;
-            // `parts` was stored before the epoch this load acquired.
+            // `parts` was stored before the epoch this load acquired; once the job is over its
+            // count is CLAIM_MASK, above every job's `parts`.
             if word >> CLAIM_BITS != epoch || claimed >= self.parts.load(Ordering::Relaxed) {
                 return None;
             }
