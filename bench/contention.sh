@@ -2,8 +2,9 @@
 # Prefill and decode speed at 1 and 2 threads beside 0, 1 and 2 busy processes (each a shell
 # loop, standing for the other software of a device), in alternating rounds, with the ratio of
 # 2 threads over 1 thread under the same load (median of the rounds' ratios, and their range).
+# A load written "2n" is two busy processes at `nice 19` (a background build or backup).
 #
-#   bench/contention.sh [--rounds N] [--loads "0 1 2"] [--threads "1 2"]
+#   bench/contention.sh [--rounds N] [--loads "0 1 2 1n 2n"] [--threads "1 2"]
 #
 # EDGELLM=path/to/edgellm skips the build. With LLAMA_BENCH and LLAMA_MODEL set (bench/llama.sh
 # sets them), llama.cpp's llama-bench runs the same prompt length and decode length beside it,
@@ -19,7 +20,7 @@ while [ $# -gt 0 ]; do
     --rounds) rounds=$2; shift 2 ;;
     --loads) loads=$2; shift 2 ;;
     --threads) thread_counts=$2; shift 2 ;;
-    *) echo "usage: $0 [--rounds N] [--loads \"0 1 2\"] [--threads \"1 2\"]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--rounds N] [--loads \"0 1 2 1n 2n\"] [--threads \"1 2\"]" >&2; exit 2 ;;
   esac
 done
 bin="${EDGELLM:-}"
@@ -32,9 +33,11 @@ llama="${LLAMA_BENCH:-}"
 
 out=$(mktemp)
 competitors=()
-start_competitors() {
-  for _ in $(seq 1 "$1"); do
-    sh -c 'while :; do :; done' &
+start_competitors() { # count, or count followed by "n" for nice 19
+  local priority=0
+  [ "${1%n}" != "$1" ] && priority=19
+  for _ in $(seq 1 "${1%n}"); do
+    nice -n "$priority" sh -c 'while :; do :; done' &
     competitors+=("$!")
   done
 }
@@ -99,9 +102,10 @@ import collections, statistics, sys
 rows = [line.split() for line in open(sys.argv[1]) if line.strip()]
 data = collections.defaultdict(dict)  # (engine, load, threads) -> round -> (prefill, decode, ttft)
 for engine, load, threads, pp, tg, rnd, ttft in rows:
-    data[(engine, int(load), int(threads))][int(rnd)] = (float(pp), float(tg), float(ttft))
+    data[(engine, load, int(threads))][int(rnd)] = (float(pp), float(tg), float(ttft))
 engines = sorted({k[0] for k in data}, key=lambda e: e != "edgellm")
-loads = sorted({k[1] for k in data})
+# "2n" (niced competitors) after the plain loads.
+loads = sorted({k[1] for k in data}, key=lambda l: (l.endswith("n"), int(l.rstrip("n"))))
 threads = sorted({k[2] for k in data})
 
 def spread(values):
