@@ -821,12 +821,27 @@ mod tests {
     }
 
     /// The scheduler's statistics are read, and tell a thread's running time from its waiting:
-    /// beside three busy threads per core, a spinning thread runs about a quarter of the time.
+    /// beside three busy threads on its CPU, a spinning thread runs about a quarter of the time.
     #[cfg(target_os = "linux")]
     #[test]
     fn a_thread_among_busy_threads_reads_a_small_share_of_a_core() {
+        // This thread and its three competitors on one CPU: a fair share is a quarter whatever
+        // else the machine runs (spread over every CPU, a CI run read 0.62 where 2 of 7 threads
+        // would have 0.29: the balancer does not share cores out evenly in 300 ms).
+        // SAFETY: sched_getcpu takes nothing; a zeroed cpu_set_t is a valid empty set, and
+        // sched_setaffinity(0, ..) only reads it and changes this thread's (inherited by the
+        // threads it spawns below).
+        let pinned = unsafe {
+            let cpu = libc::sched_getcpu();
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            cpu >= 0 && {
+                libc::CPU_SET(cpu as usize, &mut set);
+                libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+            }
+        };
+        assert!(pinned, "pinning this thread to its CPU: {}", std::io::Error::last_os_error());
         let stop = Arc::new(AtomicBool::new(false));
-        let busy: Vec<_> = (0..3 * usable_cores())
+        let busy: Vec<_> = (0..3)
             .map(|_| {
                 let stop = stop.clone();
                 std::thread::spawn(move || {
@@ -848,6 +863,6 @@ mod tests {
         let share = window.running_ns as f64 / (window.running_ns + window.waiting_ns) as f64;
         eprintln!("{window:?} over {wall} ns: share {share:.2}");
         assert!(window.running_ns > 0 && window.running_ns <= wall + 1_000_000, "{window:?}, wall {wall} ns");
-        assert!(share < 0.5, "a thread beside three busy threads per core had {share:.2} of a core");
+        assert!(share < 0.5, "a thread beside three busy threads on its CPU had {share:.2} of it");
     }
 }
