@@ -59,7 +59,16 @@ export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER=qemu-aarch64-static
 export CC_armv7_unknown_linux_gnueabihf=arm-linux-gnueabihf-gcc AR_armv7_unknown_linux_gnueabihf=arm-linux-gnueabihf-ar
 export CARGO_TARGET_ARMV7_UNKNOWN_LINUX_GNUEABIHF_LINKER=arm-linux-gnueabihf-gcc
-export CARGO_TARGET_ARMV7_UNKNOWN_LINUX_GNUEABIHF_RUNNER="qemu-arm-static -L /usr/arm-linux-gnueabihf"
+# armv7's runner: where armhf is a multiarch architecture (its standard library came from apt,
+# bringing libc6:armhf and /lib/ld-linux-armhf.so.3), no `-L` either: with it QEMU pairs the
+# cross package's loader with the multiarch libc, and every test binary dies of SIGSEGV before
+# its first test (seen on a machine whose apt could install armhf). Without multiarch (the
+# unpacked sysroot), `-L` gives the cross package's loader and libc, which belong together.
+if [ -e /lib/ld-linux-armhf.so.3 ]; then
+  export CARGO_TARGET_ARMV7_UNKNOWN_LINUX_GNUEABIHF_RUNNER=qemu-arm-static
+else
+  export CARGO_TARGET_ARMV7_UNKNOWN_LINUX_GNUEABIHF_RUNNER="qemu-arm-static -L /usr/arm-linux-gnueabihf"
+fi
 # armhf's standard library: from apt when it could be installed, else the unpacked sysroot.
 if [ -f "$cache/armhf-sysroot/.version" ] && ! dpkg-query -W libstd-rust-web-dev:armhf >/dev/null 2>&1; then
   export CARGO_TARGET_ARMV7_UNKNOWN_LINUX_GNUEABIHF_RUSTFLAGS="--sysroot $cache/armhf-sysroot/usr"
