@@ -17,7 +17,9 @@
 //!   helper has started when the caller is free is run by the caller, never waited for;
 //! - every poll loop yields the core now and then, and a caller that waits for a part a helper
 //!   has started parks after a short spin, which lets the kernel move that helper onto the
-//!   freed core;
+//!   freed core; the yields are skipped while the only other runnable threads are of
+//!   background priority (`nice 19`, `SCHED_IDLE`), which a yield hands a whole slice
+//!   ([`neighbours`]);
 //! - the caller measures what the helpers save ([`Balance`]): when they save too little (they
 //!   are not scheduled in time), the team runs jobs on the caller alone for a while, with the
 //!   helpers asleep, then tries them again. What the caller alone would take is judged from
@@ -29,6 +31,8 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{JoinHandle, Thread, ThreadId};
 use std::time::{Duration, Instant};
+
+use crate::neighbours;
 
 /// How long an idle helper polls before it sleeps: longer than any gap inside a step.
 const SPIN_FOR: Duration = Duration::from_millis(3);
@@ -152,6 +156,10 @@ impl SpinTeam {
             helpers: Vec::new(),
             dispatch: Mutex::new(Dispatch { epoch: 0, balance: Balance::new(threads, usable_cores()) }),
         };
+        if threads > 1 {
+            // The neighbours' first scans happen while the model loads, before the first job.
+            neighbours::at_work();
+        }
         for i in 1..threads {
             let shared = shared.clone();
             // On an error, dropping `team` stops the helpers already started.
@@ -201,6 +209,9 @@ impl SpinTeam {
         let started = Instant::now();
         dispatch.epoch += 1;
         let epoch = dispatch.epoch;
+        if epoch.is_multiple_of(64) {
+            neighbours::at_work();
+        }
         shared.job.store(&part as *const &(dyn Fn(usize) + Sync) as *mut (), Ordering::Relaxed);
         shared.helper_done.store(0, Ordering::Relaxed);
         shared.parts.store(parts, Ordering::Relaxed);
@@ -275,7 +286,7 @@ impl Shared {
                 continue;
             }
             if spinning.elapsed() < WAIT_SPIN_FOR {
-                std::thread::yield_now();
+                courteous_yield();
                 continue;
             }
             // A helper started a part and lost its core: free this one so that the kernel can
@@ -327,7 +338,7 @@ fn helper(shared: &Shared) {
                 std::hint::spin_loop();
                 continue;
             }
-            std::thread::yield_now();
+            courteous_yield();
             if shared.solo.load(Ordering::Relaxed) || idle_since.elapsed() > SPIN_FOR {
                 let mut guard = shared.sleep.lock().unwrap_or_else(|e| e.into_inner());
                 shared.sleepers.fetch_add(1, Ordering::SeqCst);
@@ -355,6 +366,14 @@ fn helper(shared: &Shared) {
                 caller.unpark();
             }
         }
+    }
+}
+
+/// A poller's yield, skipped while only background-priority threads want the cores: they
+/// would get a whole slice from it and barely less without it ([`neighbours`]).
+fn courteous_yield() {
+    if !neighbours::keep_cores() {
+        std::thread::yield_now();
     }
 }
 
