@@ -45,6 +45,11 @@ const POLLS_PER_YIELD: u32 = 64;
 /// parts ever end apart when both have a core, far shorter than a scheduler slice.
 const WAIT_SPIN_FOR: Duration = Duration::from_micros(40);
 
+/// The same while only background threads compete ([`neighbours`]): a helper then keeps its
+/// core, and parking would hand the caller's core to a background thread, which the caller
+/// has to win back when it wakes.
+const WAIT_SPIN_KEEPING_CORES: Duration = Duration::from_millis(1);
+
 /// Jobs over which the helpers' saving is judged.
 const WINDOW_JOBS: u32 = 256;
 
@@ -274,7 +279,8 @@ impl Shared {
     }
 
     /// Returns once helpers have finished `count` parts of the current job: spins (yielding)
-    /// for [`WAIT_SPIN_FOR`], then parks until the last of them unparks it.
+    /// for [`WAIT_SPIN_FOR`] (without yielding, [`WAIT_SPIN_KEEPING_CORES`], while only
+    /// background threads compete), then parks until the last of them unparks it.
     fn wait_for_helpers(&self, count: usize) {
         let done = || self.helper_done.load(Ordering::Acquire) >= count;
         let spinning = Instant::now();
@@ -285,8 +291,11 @@ impl Shared {
                 std::hint::spin_loop();
                 continue;
             }
-            if spinning.elapsed() < WAIT_SPIN_FOR {
-                courteous_yield();
+            let keep = neighbours::keep_cores();
+            if spinning.elapsed() < if keep { WAIT_SPIN_KEEPING_CORES } else { WAIT_SPIN_FOR } {
+                if !keep {
+                    std::thread::yield_now();
+                }
                 continue;
             }
             // A helper started a part and lost its core: free this one so that the kernel can
