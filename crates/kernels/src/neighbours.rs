@@ -136,9 +136,10 @@ fn read_into(path: &std::path::Path, text: &mut String) -> std::io::Result<()> {
     std::fs::File::open(path)?.read_to_string(text).map(|_| ())
 }
 
-/// This process's nice value (its main thread's, which `nice` and systemd's `Nice=` set).
+/// The calling thread's nice value: a thread inherits its creator's, so the watcher's is the
+/// team's. (`/proc/thread-self`, not `/proc/self`: user-mode QEMU fakes the latter with nice 0.)
 fn own_nice() -> i32 {
-    std::fs::read_to_string("/proc/self/stat").ok().as_deref().and_then(parse_stat).map_or(0, |t| t.nice)
+    std::fs::read_to_string("/proc/thread-self/stat").ok().as_deref().and_then(parse_stat).map_or(0, |t| t.nice)
 }
 
 /// Turns scans into the pollers' rule: stop yielding once [`CLEAR_SCANS`] scans in a row found
