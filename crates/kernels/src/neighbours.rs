@@ -265,10 +265,11 @@ mod tests {
         assert!(!verdict.update(background), "the streak starts again after a blind scan");
     }
 
-    /// A shell busy loop at `nice`, which the scheduler runs as a plain process.
-    fn busy(nice: i32) -> Child {
+    /// A shell busy loop at this process's nice plus `increment` (what `nice -n` takes; the
+    /// kernel caps the result at 19), which the scheduler runs as a plain process.
+    fn busy(increment: i32) -> Child {
         Command::new("nice")
-            .args(["-n", &nice.to_string(), "sh", "-c", "while :; do :; done"])
+            .args(["-n", &increment.to_string(), "sh", "-c", "while :; do :; done"])
             .spawn()
             .expect("nice and sh")
     }
@@ -304,7 +305,7 @@ mod tests {
         eprintln!("a scan of /proc ({threads} entries) took {:?}", timed.elapsed() / 10);
         let mut niced = busy(19);
         let with_niced = found(&|s| s.background > before.background);
-        let mut peer = busy(own);
+        let mut peer = busy(0);
         let with_peer = found(&|s| s.peers > with_niced.peers);
         for child in [&mut niced, &mut peer] {
             child.kill().unwrap();
