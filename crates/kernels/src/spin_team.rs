@@ -17,9 +17,9 @@
 //!   helper has started when the caller is free is run by the caller, never waited for;
 //! - every poll loop yields the core now and then, and a caller that waits for a part a helper
 //!   has started parks after a short spin, which lets the kernel move that helper onto the
-//!   freed core; the yields are skipped while the only other runnable threads are of
-//!   background priority (`nice 19`, `SCHED_IDLE`), which a yield hands a whole slice
-//!   ([`neighbours`]);
+//!   freed core; while the only other runnable threads are of background priority
+//!   (`nice 19`, `SCHED_IDLE`), which a yield or a parked caller's core hands a whole slice,
+//!   the yields are skipped and the caller spins longer before it parks ([`neighbours`]);
 //! - the caller measures what the helpers save ([`Balance`]): when they save too little (they
 //!   are not scheduled in time), the team runs jobs on the caller alone for a while, with the
 //!   helpers asleep, then tries them again. What the caller alone would take is judged from
