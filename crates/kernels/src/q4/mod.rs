@@ -815,6 +815,51 @@ mod tests {
         }
     }
 
+    /// Not a test: prints the time of one down_proj-sized product (1536 x 576, 0.5 MB of
+    /// weights, one column) with its weights in the cache (the same weight again and again)
+    /// and streamed from memory (200 copies in turn, 100 MB: no cache holds them, as in a
+    /// decode step), on one thread and on a team of two, with the bytes per second each
+    /// implies. Where "streamed" is much slower than "cached" and gains little from a second
+    /// thread, decode is bound by memory, not by the kernels: the best of three rounds.
+    /// `cargo test --release -p edgellm-kernels -- --ignored --nocapture cached_and_streamed_weights_side_by_side`
+    #[test]
+    #[ignore]
+    fn cached_and_streamed_weights_side_by_side() {
+        let team = SpinTeam::new(2).expect("threads");
+        let isa = Isa::current();
+        let (m, k) = (1536usize, 576usize);
+        let weight = layout::pack(&layout::example(m, k, 7).0, m, k, Scales::First);
+        let copies: Vec<Vec<u8>> = (0..200).map(|_| weight.clone()).collect();
+        let xs: Vec<f32> = (0..k).map(|i| ((i as f32) * 0.37).sin()).collect();
+        let columns = Columns::new(Cow::Borrowed(&xs), 1, k, 1, k).expect("fits");
+        let mut out = vec![0f32; m];
+        let mut run = |weights: &[&Vec<u8>], team: Option<&SpinTeam>| {
+            let started = std::time::Instant::now();
+            for w in weights {
+                product(w, Scales::First, &columns, &Outputs::new(&mut out, m, 1, 1, m), team, isa);
+            }
+            started.elapsed().as_secs_f64() / weights.len() as f64
+        };
+        let cached: Vec<&Vec<u8>> = std::iter::repeat_n(&copies[0], 800).collect();
+        let streamed: Vec<&Vec<u8>> = copies.iter().cycle().take(800).collect();
+        for (threads, team) in [("1 thread", None), ("2 threads", Some(&team))] {
+            let (mut hot, mut cold) = (f64::MAX, f64::MAX);
+            for _round in 0..3 {
+                hot = hot.min(run(&cached, team));
+                cold = cold.min(run(&streamed, team));
+            }
+            let rate = |seconds: f64| weight.len() as f64 / seconds / 1e9;
+            println!(
+                "{isa:?} {m}x{k} ({} KB), {threads}: cached {:.1} us ({:.1} GB/s), streamed {:.1} us ({:.1} GB/s)",
+                weight.len() / 1000,
+                hot * 1e6,
+                rate(hot),
+                cold * 1e6,
+                rate(cold)
+            );
+        }
+    }
+
     /// Not a test: prints the time of a layer's q, k and v (576, 192 and 192 rows of 576) and
     /// of its gate and up (1536 and 1536 of 576) as one job ([`products`]) and as one product
     /// each, for one column and a 20-token chunk (panels of 8), on one thread and on a team of
