@@ -15,6 +15,7 @@
 //! [`product`] dispatches on the [`Isa`] it is given.
 
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::Isa;
 use crate::spin_team::SpinTeam;
@@ -25,6 +26,36 @@ pub mod layout;
 pub mod reference;
 #[cfg(target_arch = "x86_64")]
 mod x86;
+
+/// How far ahead of the block being multiplied the x86 kernels ask for the weights, in bytes,
+/// unless `EDGELLM_WEIGHT_PREFETCH` (bytes, 0 = off) says otherwise. A decode step streams
+/// 76 MB of weights that no cache holds; asked for this far ahead, each line is on its way
+/// before the hardware's prefetcher would have asked, and the product runs closer to the
+/// memory's bandwidth (README, "Weights asked for ahead").
+pub const DEFAULT_WEIGHT_PREFETCH_AHEAD: usize = 8192;
+
+/// `usize::MAX` until first read.
+static WEIGHT_PREFETCH_AHEAD: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+/// The prefetch distance in force ([`DEFAULT_WEIGHT_PREFETCH_AHEAD`]).
+pub fn weight_prefetch_ahead() -> usize {
+    match WEIGHT_PREFETCH_AHEAD.load(Ordering::Relaxed) {
+        usize::MAX => {
+            let ahead = std::env::var("EDGELLM_WEIGHT_PREFETCH")
+                .ok()
+                .and_then(|bytes| bytes.trim().parse().ok())
+                .unwrap_or(DEFAULT_WEIGHT_PREFETCH_AHEAD);
+            set_weight_prefetch_ahead(ahead);
+            ahead
+        }
+        ahead => ahead,
+    }
+}
+
+/// Sets the prefetch distance for the whole process (0: none), for side-by-side measurements.
+pub fn set_weight_prefetch_ahead(bytes: usize) {
+    WEIGHT_PREFETCH_AHEAD.store(bytes.min(usize::MAX - 1), Ordering::Relaxed);
+}
 
 /// Rows in a packed panel, values in a block along k.
 pub const PANEL_ROWS: usize = 32;
@@ -819,8 +850,9 @@ mod tests {
     /// weights, one column) with its weights in the cache (the same weight again and again)
     /// and streamed from memory (200 copies in turn, 100 MB: no cache holds them, as in a
     /// decode step), on one thread and on a team of two, with the bytes per second each
-    /// implies. Where "streamed" is much slower than "cached" and gains little from a second
-    /// thread, decode is bound by memory, not by the kernels: the best of three rounds.
+    /// implies, with the weights asked for ahead ([`weight_prefetch_ahead`]) and without. Where
+    /// "streamed" is much slower than "cached" and gains little from a second thread, decode is
+    /// bound by memory, not by the kernels: the best of five alternating rounds.
     /// `cargo test --release -p edgellm-kernels -- --ignored --nocapture cached_and_streamed_weights_side_by_side`
     #[test]
     #[ignore]
@@ -842,22 +874,30 @@ mod tests {
         };
         let cached: Vec<&Vec<u8>> = std::iter::repeat_n(&copies[0], 800).collect();
         let streamed: Vec<&Vec<u8>> = copies.iter().cycle().take(800).collect();
+        let distances = [0, DEFAULT_WEIGHT_PREFETCH_AHEAD];
         for (threads, team) in [("1 thread", None), ("2 threads", Some(&team))] {
-            let (mut hot, mut cold) = (f64::MAX, f64::MAX);
-            for _round in 0..3 {
-                hot = hot.min(run(&cached, team));
-                cold = cold.min(run(&streamed, team));
+            let (mut hot, mut cold) = ([f64::MAX; 2], [f64::MAX; 2]);
+            for round in 0..5 {
+                for i in [round % 2, 1 - round % 2] {
+                    set_weight_prefetch_ahead(distances[i]);
+                    hot[i] = hot[i].min(run(&cached, team));
+                    cold[i] = cold[i].min(run(&streamed, team));
+                }
             }
             let rate = |seconds: f64| weight.len() as f64 / seconds / 1e9;
-            println!(
-                "{isa:?} {m}x{k} ({} KB), {threads}: cached {:.1} us ({:.1} GB/s), streamed {:.1} us ({:.1} GB/s)",
-                weight.len() / 1000,
-                hot * 1e6,
-                rate(hot),
-                cold * 1e6,
-                rate(cold)
-            );
+            for i in 0..2 {
+                println!(
+                    "{isa:?} {m}x{k} ({} KB), {threads}, prefetch {:>4} B ahead: cached {:.1} us ({:.1} GB/s), streamed {:.1} us ({:.1} GB/s)",
+                    weight.len() / 1000,
+                    distances[i],
+                    hot[i] * 1e6,
+                    rate(hot[i]),
+                    cold[i] * 1e6,
+                    rate(cold[i])
+                );
+            }
         }
+        set_weight_prefetch_ahead(DEFAULT_WEIGHT_PREFETCH_AHEAD);
     }
 
     /// Not a test: prints the time of a layer's q, k and v (576, 192 and 192 rows of 576) and

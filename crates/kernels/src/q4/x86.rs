@@ -5,6 +5,21 @@
 use super::{BLOCK, Columns, PANEL_BLOCK_BYTES, PANEL_ROWS, Quantized, QuantizedColumn, Scales};
 use std::arch::x86_64::*;
 
+/// Asks for the block `ahead` bytes past `bytes` ([`super::weight_prefetch_ahead`]): a
+/// block's nine lines, well before the hardware's own prefetcher would fetch them.
+#[inline(always)]
+fn prefetch_block(bytes: &[u8], ahead: usize) {
+    if ahead == 0 {
+        return;
+    }
+    let base = bytes.as_ptr().wrapping_add(ahead);
+    for line in 0..PANEL_BLOCK_BYTES.div_ceil(64) {
+        // SAFETY: a prefetch is a hint: it never faults, whatever the address, and an address
+        // past the panel's end is never read.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(base.wrapping_add(64 * line) as *const i8) };
+    }
+}
+
 /// `$block.tile::<W>($first, $rows)` for the tile's width `$width` (1 to 8): a kernel compiled
 /// for each width keeps its accumulators in registers.
 macro_rules! tile_of_width {
@@ -33,7 +48,9 @@ pub(super) unsafe fn panel_avx512(panel: &[u8], placement: Scales, x: &[f32], bl
     assert!(panel.len() == x.len() / BLOCK * PANEL_BLOCK_BYTES && rows.len() == PANEL_ROWS);
     let low = _mm512_set1_epi32(0x0f);
     let (mut out_lo, mut out_hi) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+    let ahead = super::weight_prefetch_ahead();
     for ((bytes, xs), &block_sum) in panel.chunks_exact(PANEL_BLOCK_BYTES).zip(x.chunks_exact(BLOCK)).zip(block_sums) {
+        prefetch_block(bytes, ahead);
         let (scales, nibbles) = placement.split(bytes);
         let mut acc = [_mm512_setzero_ps(); 4];
         for (pair, xs) in nibbles.chunks_exact(32).zip(xs.chunks_exact(2)) {
@@ -92,7 +109,9 @@ pub(super) unsafe fn panel_columns_avx512(
     // The outputs change once per block: they live in `rows`, a tile's sums in registers.
     rows.fill(0.0);
     let mut weights = [_mm512_setzero_ps(); 2 * BLOCK];
+    let ahead = super::weight_prefetch_ahead();
     for (blk, bytes) in panel.chunks_exact(PANEL_BLOCK_BYTES).enumerate() {
+        prefetch_block(bytes, ahead);
         let (scales, nibbles) = placement.split(bytes);
         for (pos, bytes) in nibbles.chunks_exact(16).enumerate() {
             // SAFETY: `bytes` is 16 bytes long.
@@ -176,7 +195,9 @@ pub(super) unsafe fn panel_avx2(panel: &[u8], placement: Scales, x: &[f32], bloc
     assert!(panel.len() == x.len() / BLOCK * PANEL_BLOCK_BYTES && rows.len() == PANEL_ROWS);
     let low = _mm256_set1_epi32(0x0f);
     let mut out = [_mm256_setzero_ps(); 4];
+    let ahead = super::weight_prefetch_ahead();
     for ((bytes, xs), &block_sum) in panel.chunks_exact(PANEL_BLOCK_BYTES).zip(x.chunks_exact(BLOCK)).zip(block_sums) {
+        prefetch_block(bytes, ahead);
         let (scales, nibbles) = placement.split(bytes);
         let mut acc = [_mm256_setzero_ps(); 4];
         for (pos, xv) in nibbles.chunks_exact(16).zip(xs) {
@@ -244,7 +265,9 @@ pub(super) unsafe fn panel_vnni(panel: &[u8], placement: Scales, x: QuantizedCol
     let (first, second) = (pair_index(true), pair_index(false));
     let low = _mm512_set1_epi16(0x0f);
     let (mut out_lo, mut out_hi) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+    let ahead = super::weight_prefetch_ahead();
     for (blk, bytes) in panel.chunks_exact(PANEL_BLOCK_BYTES).enumerate() {
+        prefetch_block(bytes, ahead);
         let (scales, nibbles) = placement.split(bytes);
         let xs = &x.values[blk * BLOCK..][..BLOCK];
         // Rows 0..16 and 16..32, for the first and second pair of each four positions: four
@@ -307,7 +330,9 @@ pub(super) unsafe fn panel_columns_vnni(panel: &[u8], placement: Scales, x: &Qua
     let eight = _mm512_set1_epi16(8);
     rows.fill(0.0);
     let mut weights = [_mm512_setzero_si512(); BLOCK];
+    let ahead = super::weight_prefetch_ahead();
     for (blk, bytes) in panel.chunks_exact(PANEL_BLOCK_BYTES).enumerate() {
+        prefetch_block(bytes, ahead);
         let (scales, nibbles) = placement.split(bytes);
         for (g, four) in nibbles.chunks_exact(64).enumerate() {
             // SAFETY: `four` is 64 bytes long.
@@ -510,7 +535,9 @@ pub(super) unsafe fn panel_avx2_i16(panel: &[u8], placement: Scales, x: Quantize
     assert!(x.scales.len() == x.values.len() / BLOCK && x.sums.len() == x.scales.len());
     let low = _mm256_set1_epi16(0x0f);
     let mut out = [_mm256_setzero_ps(); 4];
+    let ahead = super::weight_prefetch_ahead();
     for (blk, bytes) in panel.chunks_exact(PANEL_BLOCK_BYTES).enumerate() {
+        prefetch_block(bytes, ahead);
         let (scales, nibbles) = placement.split(bytes);
         let xs = &x.values[blk * BLOCK..][..BLOCK];
         // Rows (0..4, 8..12), (4..8, 12..16), and the same plus 16.
@@ -576,7 +603,9 @@ pub(super) unsafe fn panel_columns_avx2_i16(panel: &[u8], placement: Scales, x: 
     let low = _mm256_set1_epi16(0x0f);
     rows.fill(0.0);
     let mut weights = [_mm256_setzero_si256(); 4 * BLOCK / 2];
+    let ahead = super::weight_prefetch_ahead();
     for (blk, bytes) in panel.chunks_exact(PANEL_BLOCK_BYTES).enumerate() {
+        prefetch_block(bytes, ahead);
         let (scales, nibbles) = placement.split(bytes);
         for (w, pair) in weights.chunks_exact_mut(4).zip(nibbles.chunks_exact(32)) {
             // SAFETY: `pair` is 32 bytes long: two positions of 16.
