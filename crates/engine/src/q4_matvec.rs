@@ -23,6 +23,8 @@ use tract_linalg::pack::PackedFormat;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::{EvalContext, EvalOp, Op, SessionId, StaticName, TypedModelPatch, TypedOp};
 use tract_onnx::tract_core::ops::matmul::optimized::{MatMulOperand, OptMatMul, ProtoFusedSpec};
+
+use super::axis_chain::AxisChain;
 use tract_onnx::tract_core::ops::matmul::pack::OptMatMulPack;
 use tract_onnx::tract_core::ops::nn::{Reduce, Reducer};
 
@@ -111,7 +113,16 @@ impl EvalOp for PackColumns {
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let [input] = <[TValue; 1]>::try_from(inputs.into_vec()).map_err(|_| anyhow::anyhow!("one input expected"))?;
-        anyhow::ensure!(input.rank() == 2, "activations of rank {}, 2 expected", input.rank());
+        anyhow::ensure!(input.rank() >= 2, "activations of rank {}, 2 or more expected", input.rank());
+        // Leading axes (batch, sequence) merged into rows of k: a new shape, no copy.
+        let input = if input.rank() == 2 {
+            input
+        } else {
+            let k = input.shape()[input.rank() - 1];
+            let mut rows = input.into_tensor();
+            rows.set_shape(&[rows.len() / k.max(1), k])?;
+            rows.into_tvalue()
+        };
         let r = if input.shape()[0] == 1 { 1 } else { CHUNK_PANEL_COLUMNS };
         let packed = PackedFormat::new(f32::datum_type(), r, 4).pack_tensor(&input, 1, 0)?;
         Ok(tvec!(PackedMatrixStorage::new(packed).into_tensor(f32::datum_type()).into_tvalue()))
@@ -124,6 +135,37 @@ impl TypedOp for PackColumns {
     }
 
     tract_onnx::tract_core::as_op!();
+}
+
+/// Lets each [`PackColumns`] read its activations from before a reshape-only [`AxisChain`]
+/// (`batch x sequence x k` merged to `(batch*sequence) x k`, before q/k/v and before gate/up):
+/// the packing takes rows of k whatever the leading axes, so the chain's node leaves the plan
+/// (two a layer, each a node of tract's per-step work). Returns how many went.
+pub(super) fn pack_through_reshapes(model: &mut TypedModel) -> TractResult<usize> {
+    let mut removed = 0;
+    for id in model.eval_order()? {
+        let node = model.node(id);
+        let Some(pack) = node.op_as::<PackColumns>() else { continue };
+        let Some(&chain_outlet) = node.inputs.first() else { continue };
+        let chain = model.node(chain_outlet.node);
+        let reshape_only = chain.op_as::<AxisChain>().is_some_and(AxisChain::only_reshapes);
+        if !reshape_only || chain.outputs[0].successors.len() != 1 || model.outputs.contains(&chain_outlet) {
+            continue;
+        }
+        let source = chain.inputs[0];
+        let (before, after) = (&model.outlet_fact(source)?.shape, &model.outlet_fact(chain_outlet)?.shape);
+        if after.rank() != 2 || before.rank() < 2 || before.last() != after.last() {
+            continue;
+        }
+        let (pack, name) = (pack.clone(), format!("{}.direct", node.name));
+        let mut patch = TypedModelPatch::default();
+        let tapped = patch.tap_model(model, source)?;
+        let packed = patch.wire_node(name, pack, &[tapped])?[0];
+        patch.shunt_outside(model, OutletId::new(id, 0), packed)?;
+        patch.apply(model)?;
+        removed += 1;
+    }
+    Ok(removed)
 }
 
 /// Puts the [`Q4MatVec`]s that read the same activations into one [`Q4MatVecs`] node;
