@@ -644,8 +644,11 @@ fn build_plan(
     let axis_nodes_fused = if std::env::var_os("EDGELLM_KEEP_AXIS_NODES").is_some() {
         0
     } else {
-        // Then the packings read through the reshapes in front of them (their chains go too).
-        axis_chain::fuse_axis_chains(&mut typed)? + q4_matvec::pack_through_reshapes(&mut typed)?
+        // Then the packings and the residual adds read through the reshapes next to them
+        // (those chains go too).
+        axis_chain::fuse_axis_chains(&mut typed)?
+            + q4_matvec::pack_through_reshapes(&mut typed)?
+            + tuning::binaries_through_reshapes(&mut typed)?
     };
     let fused_attention = typed.nodes().iter().filter(|n| n.op_is::<attention::FusedAttention>()).count();
     let optimized = started.elapsed();

@@ -32,11 +32,13 @@ use tract_linalg::BinFn;
 use tract_linalg::multithread::BShare;
 use tract_linalg::routines::Func;
 use tract_onnx::prelude::*;
-use tract_onnx::tract_core::internal::{EvalContext, EvalOp, Op, StaticName, TypedOp};
+use tract_onnx::tract_core::internal::{EvalContext, EvalOp, Op, StaticName, TypedModelPatch, TypedOp};
 use tract_onnx::tract_core::ops::binary::{BinMiniOp, TypedBinOp};
 use tract_onnx::tract_core::ops::nn::{Softmax, SoftmaxKind};
 use tract_transformers::ops::apply_rope::ApplyRope;
 use tract_transformers::ops::scaled_masked_softmax::ScaledMaskedSoftmax;
+
+use super::axis_chain::AxisChain;
 
 /// Swaps the op of every node of type `Theirs` for the one `ours` makes of it, where it makes
 /// one; returns how many were swapped. The passes here and in `q4_matvec` are all of this kind:
@@ -225,11 +227,42 @@ pub(super) fn vectorize_same_shape_binaries(model: &mut TypedModel) -> TractResu
         let binop = bin.0.clone();
         drop(facts);
         let Some(kernel) = Func::BinUnicast(linalg_op).bin(dt) else { continue };
-        let op = SameShapeBinary { binop, kernel: Arc::from(kernel) };
+        let op = SameShapeBinary { binop, kernel: Arc::from(kernel), b_reshaped: false };
         model.node_mut(id).op = Box::new(op);
         replaced += 1;
     }
     Ok(replaced)
+}
+
+/// Lets each [`SameShapeBinary`] read its second operand from before a reshape-only
+/// [`AxisChain`] (a product's `(batch*sequence) x n` output unmerged to `batch x sequence x n`,
+/// then added to the residual stream): the values are the same and in the same order, so the
+/// chain's node leaves the plan (two a layer). Returns how many went.
+pub(super) fn binaries_through_reshapes(model: &mut TypedModel) -> TractResult<usize> {
+    let mut removed = 0;
+    for id in model.eval_order()? {
+        let node = model.node(id);
+        let Some(bin) = node.op_as::<SameShapeBinary>() else { continue };
+        let (Some(&a), Some(&chain_outlet)) = (node.inputs.first(), node.inputs.get(1)) else { continue };
+        let chain = model.node(chain_outlet.node);
+        let reshape_only = chain.op_as::<AxisChain>().is_some_and(AxisChain::only_reshapes);
+        if !reshape_only || chain.outputs[0].successors.len() != 1 || model.outputs.contains(&chain_outlet) {
+            continue;
+        }
+        let source = chain.inputs[0];
+        if model.outlet_fact(source)?.datum_type != model.outlet_fact(a)?.datum_type {
+            continue;
+        }
+        let op = SameShapeBinary { b_reshaped: true, ..bin.clone() };
+        let name = format!("{}.direct", node.name);
+        let mut patch = TypedModelPatch::default();
+        let taps = [patch.tap_model(model, a)?, patch.tap_model(model, source)?];
+        let out = patch.wire_node(name, op, &taps)?[0];
+        patch.shunt_outside(model, OutletId::new(id, 0), out)?;
+        patch.apply(model)?;
+        removed += 1;
+    }
+    Ok(removed)
 }
 
 /// `a op b` for two tensors of the same shape, by tract-linalg's vectorised kernel, in place
@@ -238,6 +271,9 @@ pub(super) fn vectorize_same_shape_binaries(model: &mut TypedModel) -> TractResu
 pub(super) struct SameShapeBinary {
     binop: Box<dyn BinMiniOp>,
     kernel: Arc<BinFn>,
+    /// `b` arrives in another shape with the same values in the same order (a product's
+    /// output before its unmerge, [`binaries_through_reshapes`]); it takes `a`'s shape.
+    b_reshaped: bool,
 }
 
 impl SameShapeBinary {
@@ -254,7 +290,7 @@ impl std::fmt::Debug for SameShapeBinary {
 
 impl PartialEq for SameShapeBinary {
     fn eq(&self, other: &Self) -> bool {
-        self.binop.name() == other.binop.name()
+        self.binop.name() == other.binop.name() && self.b_reshaped == other.b_reshaped
     }
 }
 
@@ -274,6 +310,14 @@ impl EvalOp for SameShapeBinary {
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let [a, b]: [TValue; 2] =
             inputs.into_iter().collect::<Vec<_>>().try_into().map_err(|_| anyhow::anyhow!("two inputs expected"))?;
+        let b = if self.b_reshaped && b.shape() != a.shape() {
+            anyhow::ensure!(b.len() == a.len(), "{} values against {}", b.len(), a.len());
+            let mut b = b.into_tensor();
+            b.set_shape(a.shape())?;
+            b.into_tvalue()
+        } else {
+            b
+        };
         if !elementwise_as_slices(&a, &b) {
             let dt = self.binop.result_datum_type(a.datum_type(), b.datum_type())?;
             return Ok(tvec!(self.binop.eval(a, b, dt)?.into_tvalue()));
@@ -365,7 +409,7 @@ mod tests {
         let binop = add().0;
         let linalg_op = binop.as_linalg_binop().expect("add has a kernel");
         let kernel = Func::BinUnicast(linalg_op).bin(f32::datum_type()).expect("an f32 kernel");
-        let op = SameShapeBinary { binop, kernel: Arc::from(kernel) };
+        let op = SameShapeBinary { binop, kernel: Arc::from(kernel), b_reshaped: false };
         let values = |shape: &[usize], seed: f32| -> TractResult<Tensor> {
             Tensor::from_shape(shape, &(0..48).map(|i| seed + i as f32).collect::<Vec<_>>())
         };
@@ -378,6 +422,31 @@ mod tests {
         let expected: Vec<f32> = (0..48).map(|i| (0.5 + i as f32) + (-2.0 + i as f32)).collect();
         let out = op.eval(&EvalContext::out_of_plan(), tvec!(b.into_tvalue(), a.into_tvalue()))?.remove(0);
         assert_eq!(out.to_plain_array_view::<f32>()?.iter().copied().collect::<Vec<_>>(), expected);
+        Ok(())
+    }
+
+    /// A second operand in another shape with as many values (here flat, which no broadcast
+    /// would take) is added value by value, in `a`'s shape; one with another number of values
+    /// is an error.
+    #[test]
+    fn a_reshaped_second_operand_adds_value_by_value() -> TractResult<()> {
+        let binop = add().0;
+        let linalg_op = binop.as_linalg_binop().expect("add has a kernel");
+        let kernel = Func::BinUnicast(linalg_op).bin(f32::datum_type()).expect("an f32 kernel");
+        let op = SameShapeBinary { binop, kernel: Arc::from(kernel), b_reshaped: true };
+        let values = |shape: &[usize], seed: f32| -> TractResult<Tensor> {
+            let n: usize = shape.iter().product();
+            Tensor::from_shape(shape, &(0..n).map(|i| ((i as f32 + seed) * 0.37).sin()).collect::<Vec<_>>())
+        };
+        let (a, b) = (values(&[1, 6, 8], 0.5)?, values(&[48], 3.0)?);
+        let flat =
+            |t: &Tensor| -> TractResult<Vec<f32>> { Ok(t.to_plain_array_view::<f32>()?.iter().copied().collect()) };
+        let expected: Vec<f32> = flat(&a)?.iter().zip(flat(&b)?).map(|(x, y)| x + y).collect();
+        let ctx = EvalContext::out_of_plan();
+        let out = op.eval(&ctx, tvec!(a.clone().into_tvalue(), b.into_tvalue()))?.remove(0);
+        assert_eq!(out.shape(), &[1, 6, 8]);
+        assert_eq!(flat(&out.into_tensor())?, expected);
+        assert!(op.eval(&ctx, tvec!(a.into_tvalue(), values(&[40], 0.0)?.into_tvalue())).is_err());
         Ok(())
     }
 
