@@ -23,10 +23,10 @@ use tract_linalg::pack::PackedFormat;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::{EvalContext, EvalOp, Op, SessionId, StaticName, TypedModelPatch, TypedOp};
 use tract_onnx::tract_core::ops::matmul::optimized::{MatMulOperand, OptMatMul, ProtoFusedSpec};
-
-use super::axis_chain::AxisChain;
 use tract_onnx::tract_core::ops::matmul::pack::OptMatMulPack;
 use tract_onnx::tract_core::ops::nn::{Reduce, Reducer};
+
+use super::axis_chain::AxisChain;
 
 use crate::tuning::SameShapeBinary;
 

@@ -401,15 +401,20 @@ mod tests {
         Ok(())
     }
 
+    /// The vectorised f32 add, as [`vectorize_same_shape_binaries`] builds it.
+    fn same_shape_add(b_reshaped: bool) -> SameShapeBinary {
+        let binop = add().0;
+        let linalg_op = binop.as_linalg_binop().expect("add has a kernel");
+        let kernel = Func::BinUnicast(linalg_op).bin(f32::datum_type()).expect("an f32 kernel");
+        SameShapeBinary { binop, kernel: Arc::from(kernel), b_reshaped }
+    }
+
     /// A tensor whose axis of length one has an odd stride, as tract's AddAxis leaves it, still
     /// goes to the vectorised kernel (the residual adds of a prompt chunk did not, and took five
     /// times longer), and the sum is right; two shapes that differ do not.
     #[test]
     fn odd_strides_on_unit_axes_stay_on_the_vectorised_path() -> TractResult<()> {
-        let binop = add().0;
-        let linalg_op = binop.as_linalg_binop().expect("add has a kernel");
-        let kernel = Func::BinUnicast(linalg_op).bin(f32::datum_type()).expect("an f32 kernel");
-        let op = SameShapeBinary { binop, kernel: Arc::from(kernel), b_reshaped: false };
+        let op = same_shape_add(false);
         let values = |shape: &[usize], seed: f32| -> TractResult<Tensor> {
             Tensor::from_shape(shape, &(0..48).map(|i| seed + i as f32).collect::<Vec<_>>())
         };
@@ -430,10 +435,7 @@ mod tests {
     /// is an error.
     #[test]
     fn a_reshaped_second_operand_adds_value_by_value() -> TractResult<()> {
-        let binop = add().0;
-        let linalg_op = binop.as_linalg_binop().expect("add has a kernel");
-        let kernel = Func::BinUnicast(linalg_op).bin(f32::datum_type()).expect("an f32 kernel");
-        let op = SameShapeBinary { binop, kernel: Arc::from(kernel), b_reshaped: true };
+        let op = same_shape_add(true);
         let values = |shape: &[usize], seed: f32| -> TractResult<Tensor> {
             let n: usize = shape.iter().product();
             Tensor::from_shape(shape, &(0..n).map(|i| ((i as f32 + seed) * 0.37).sin()).collect::<Vec<_>>())
