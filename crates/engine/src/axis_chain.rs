@@ -75,6 +75,16 @@ pub(super) fn fuse_axis_chains(model: &mut TypedModel) -> TractResult<usize> {
     Ok(removed)
 }
 
+/// What a reshape-only [`AxisChain`] reads, when `outlet` is that chain's output and nothing
+/// else reads it (no other node, not a model output): a node that takes the same values in
+/// another shape can read them there, and the chain leaves the plan.
+pub(super) fn source_before_reshape(model: &TypedModel, outlet: OutletId) -> Option<OutletId> {
+    let chain = model.node(outlet.node);
+    let reshape_only = chain.op_as::<AxisChain>().is_some_and(AxisChain::only_reshapes);
+    let read_once = chain.outputs[0].successors.len() == 1 && !model.outputs.contains(&outlet);
+    (reshape_only && read_once).then(|| chain.inputs[0])
+}
+
 fn is_axis_node(model: &TypedModel, id: usize) -> bool {
     let node = model.node(id);
     node.op_is::<AxisOp>() && node.inputs.len() == 1 && node.outputs.len() == 1

@@ -26,7 +26,7 @@ use tract_onnx::tract_core::ops::matmul::optimized::{MatMulOperand, OptMatMul, P
 use tract_onnx::tract_core::ops::matmul::pack::OptMatMulPack;
 use tract_onnx::tract_core::ops::nn::{Reduce, Reducer};
 
-use super::axis_chain::AxisChain;
+use super::axis_chain::source_before_reshape;
 
 use crate::tuning::SameShapeBinary;
 
@@ -137,22 +137,18 @@ impl TypedOp for PackColumns {
     tract_onnx::tract_core::as_op!();
 }
 
-/// Lets each [`PackColumns`] read its activations from before a reshape-only [`AxisChain`]
-/// (`batch x sequence x k` merged to `(batch*sequence) x k`, before q/k/v and before gate/up):
-/// the packing takes rows of k whatever the leading axes, so the chain's node leaves the plan
-/// (two a layer, each a node of tract's per-step work). Returns how many went.
+/// Lets each [`PackColumns`] read its activations from before a reshape-only axis chain
+/// ([`source_before_reshape`]: `batch x sequence x k` merged to `(batch*sequence) x k`, before
+/// q/k/v, before gate/up and before the output head): the packing takes rows of k whatever the
+/// leading axes, so the chain's node leaves the plan (each a node of tract's per-step work).
+/// Returns how many went.
 pub(super) fn pack_through_reshapes(model: &mut TypedModel) -> TractResult<usize> {
     let mut removed = 0;
     for id in model.eval_order()? {
         let node = model.node(id);
         let Some(pack) = node.op_as::<PackColumns>() else { continue };
         let Some(&chain_outlet) = node.inputs.first() else { continue };
-        let chain = model.node(chain_outlet.node);
-        let reshape_only = chain.op_as::<AxisChain>().is_some_and(AxisChain::only_reshapes);
-        if !reshape_only || chain.outputs[0].successors.len() != 1 || model.outputs.contains(&chain_outlet) {
-            continue;
-        }
-        let source = chain.inputs[0];
+        let Some(source) = source_before_reshape(model, chain_outlet) else { continue };
         let (before, after) = (&model.outlet_fact(source)?.shape, &model.outlet_fact(chain_outlet)?.shape);
         if after.rank() != 2 || before.rank() < 2 || before.last() != after.last() {
             continue;

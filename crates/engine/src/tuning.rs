@@ -38,7 +38,7 @@ use tract_onnx::tract_core::ops::nn::{Softmax, SoftmaxKind};
 use tract_transformers::ops::apply_rope::ApplyRope;
 use tract_transformers::ops::scaled_masked_softmax::ScaledMaskedSoftmax;
 
-use super::axis_chain::AxisChain;
+use super::axis_chain::source_before_reshape;
 
 /// Swaps the op of every node of type `Theirs` for the one `ours` makes of it, where it makes
 /// one; returns how many were swapped. The passes here and in `q4_matvec` are all of this kind:
@@ -234,22 +234,17 @@ pub(super) fn vectorize_same_shape_binaries(model: &mut TypedModel) -> TractResu
     Ok(replaced)
 }
 
-/// Lets each [`SameShapeBinary`] read its second operand from before a reshape-only
-/// [`AxisChain`] (a product's `(batch*sequence) x n` output unmerged to `batch x sequence x n`,
-/// then added to the residual stream): the values are the same and in the same order, so the
-/// chain's node leaves the plan (two a layer). Returns how many went.
+/// Lets each [`SameShapeBinary`] read its second operand from before a reshape-only axis chain
+/// ([`source_before_reshape`]: a product's `(batch*sequence) x n` output unmerged to `batch x
+/// sequence x n`, then added to the residual stream): the values are the same and in the same
+/// order, so the chain's node leaves the plan (two a layer). Returns how many went.
 pub(super) fn binaries_through_reshapes(model: &mut TypedModel) -> TractResult<usize> {
     let mut removed = 0;
     for id in model.eval_order()? {
         let node = model.node(id);
         let Some(bin) = node.op_as::<SameShapeBinary>() else { continue };
         let (Some(&a), Some(&chain_outlet)) = (node.inputs.first(), node.inputs.get(1)) else { continue };
-        let chain = model.node(chain_outlet.node);
-        let reshape_only = chain.op_as::<AxisChain>().is_some_and(AxisChain::only_reshapes);
-        if !reshape_only || chain.outputs[0].successors.len() != 1 || model.outputs.contains(&chain_outlet) {
-            continue;
-        }
-        let source = chain.inputs[0];
+        let Some(source) = source_before_reshape(model, chain_outlet) else { continue };
         if model.outlet_fact(source)?.datum_type != model.outlet_fact(a)?.datum_type {
             continue;
         }
