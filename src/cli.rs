@@ -285,6 +285,10 @@ pub struct BenchRow {
     pub question_new_tokens: usize,
     pub system_prefix_tokens: usize,
     pub rss_mib: f64,
+    /// Jobs of the measured prompt and decode shared with the helper threads, and run on the
+    /// calling thread alone (helpers judged too slow to help, or every core taken by others).
+    pub team_jobs: u64,
+    pub solo_jobs: u64,
     /// Per-operator times (with `--profile`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub profile: Option<Vec<edgellm_engine::PhaseProfile>>,
@@ -332,7 +336,9 @@ pub fn bench(
         // One warm-up pass so both thread counts are measured with warm caches.
         engine.generate(&GenerateRequest { max_new_tokens: 4, ..request.clone() }, |_| Flow::Continue)?;
         // Prefill is measured from scratch (shared_prefix_len 0: no cached system prompt).
+        let team_before = engine.team_stats().unwrap_or_default();
         let g = engine.generate(&request, |_| Flow::Continue)?;
+        let team = engine.team_stats().unwrap_or_default();
         let t = &g.timings;
         // Prefix reuse, before and after.
         let question = pipeline.prepare(&engine, PromptInput { prompt: BENCH_QUESTION, session: None })?;
@@ -363,6 +369,8 @@ pub fn bench(
             question_new_tokens: question.ids.len() - question.shared_prefix_len,
             system_prefix_tokens: question.shared_prefix_len,
             rss_mib: rss_mib().0,
+            team_jobs: team.team_jobs - team_before.team_jobs,
+            solo_jobs: team.solo_jobs - team_before.solo_jobs,
             profile: if profile { Some(engine.profile(&prepared.ids, PROFILED_DECODE_STEPS)?) } else { None },
         });
         prompt_ids = prepared.ids.clone();

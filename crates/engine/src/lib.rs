@@ -43,6 +43,7 @@ pub use profile::{OpCost, PhaseProfile};
 pub use sampler::{SamplingParams, SeededRng};
 pub use stream::TextStream;
 
+use edgellm_kernels::neighbours;
 use edgellm_kernels::spin_team::{self, SpinTeam};
 use sampler::Sampler;
 
@@ -227,6 +228,11 @@ impl Engine {
     /// Loads and optimises the model; this is the slow part of start-up.
     pub fn load(options: EngineOptions) -> Result<Engine, EngineError> {
         let started = Instant::now();
+        if options.threads > 1 {
+            // The neighbours' watcher sizes up the other processes while the model loads, so
+            // that the first prompt's helpers already know whether to yield their cores.
+            neighbours::at_work();
+        }
         let dir = &options.model_dir;
         let (manifest, _) = ModelManifest::load(dir)?;
         let model_path = manifest.model_path(dir);
@@ -307,6 +313,11 @@ impl Engine {
             prefix: None,
             embedder: None,
         })
+    }
+
+    /// How the helper threads ran the products so far (`None` with one thread).
+    pub fn team_stats(&self) -> Option<spin_team::TeamStats> {
+        self.team.as_ref().map(|team| team.stats())
     }
 
     pub fn info(&self) -> &ModelInfo {

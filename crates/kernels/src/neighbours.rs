@@ -1,6 +1,6 @@
 //! Who else wants the CPU: a background thread reads the scheduler's view of the other
 //! processes' runnable threads, so that a [`crate::spin_team`] poller knows whether yielding
-//! its core helps anyone who matters.
+//! its core helps anyone who matters, and a team whether its helpers can have cores at all.
 //!
 //! A poller yields now and then so that a busy process of normal priority, or the team's own
 //! caller queued behind it, gets the core within microseconds. But a `sched_yield` hands the
@@ -32,6 +32,12 @@ const IDLE_SCAN_EVERY: Duration = Duration::from_secs(10);
 /// Scans in a row that must find only background neighbours before pollers stop yielding:
 /// a normal-priority neighbour that is runnable only part of the time can be missed by one.
 const CLEAR_SCANS: u32 = 2;
+
+/// How soon a scan that starts such a streak is confirmed. A team's first jobs come within
+/// a hundred milliseconds of its start (a warm-up, then the prompt), and at [`SCAN_EVERY`]
+/// the pollers yielded to a niced loop through the whole first prompt: 2 threads prefilled
+/// at 1.04x of 1 thread beside one `nice 19` loop, against 1.60x quiet (`bench/llama.sh`).
+const CONFIRM_AFTER: Duration = Duration::from_millis(40);
 
 /// What one scan found: the other processes' runnable threads, by how they weigh against ours.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -144,13 +150,22 @@ fn own_nice() -> i32 {
 
 /// Turns scans into the pollers' rule: stop yielding once [`CLEAR_SCANS`] scans in a row found
 /// background neighbours and no peer; yield again at the first scan that finds a peer, finds
-/// nobody (yielding to nobody costs a system call and nothing else), or cannot see.
-#[derive(Debug, Default)]
+/// nobody (yielding to nobody costs a system call and nothing else), or cannot see. And into
+/// the teams' rule: run on the caller alone while as many scans in a row found a runnable peer
+/// on every core but the caller's ([`crowded`]).
+#[derive(Debug)]
 pub struct Verdict {
     clear_in_a_row: u32,
+    crowded_in_a_row: u32,
+    /// The cores this process may run on.
+    cores: usize,
 }
 
 impl Verdict {
+    pub fn new(cores: usize) -> Verdict {
+        Verdict { clear_in_a_row: 0, crowded_in_a_row: 0, cores: cores.max(1) }
+    }
+
     /// Takes one scan; returns whether pollers may keep their cores.
     pub fn update(&mut self, scan: Scan) -> bool {
         if !scan.hidden && scan.peers == 0 && scan.background > 0 {
@@ -158,12 +173,32 @@ impl Verdict {
         } else {
             self.clear_in_a_row = 0;
         }
+        if !scan.hidden && scan.peers + 1 >= self.cores {
+            self.crowded_in_a_row = self.crowded_in_a_row.saturating_add(1);
+        } else {
+            self.crowded_in_a_row = 0;
+        }
         self.clear_in_a_row >= CLEAR_SCANS
+    }
+
+    /// Whether every core but one already has a runnable thread of our weight, scan after
+    /// scan: a team's helpers then get a core only by taking it from someone, their caller
+    /// included.
+    pub fn crowded(&self) -> bool {
+        self.crowded_in_a_row >= CLEAR_SCANS
+    }
+
+    /// Whether a streak towards keeping the cores is under way but not yet long enough: the
+    /// next scan should come soon ([`CONFIRM_AFTER`]).
+    pub fn confirming(&self) -> bool {
+        (1..CLEAR_SCANS).contains(&self.clear_in_a_row) || (1..CLEAR_SCANS).contains(&self.crowded_in_a_row)
     }
 }
 
 /// Set while only background threads compete for the cores: pollers then do not yield.
 static KEEP_CORES: AtomicBool = AtomicBool::new(false);
+/// Set while every core but one has a runnable thread of another process of our weight.
+static CROWDED: AtomicBool = AtomicBool::new(false);
 /// Milliseconds since [`EPOCH`] when a team last ran a job: the watcher mostly idles otherwise.
 static LAST_WORK_MS: AtomicU64 = AtomicU64::new(0);
 static EPOCH: OnceLock<Instant> = OnceLock::new();
@@ -172,6 +207,17 @@ static WATCHER: OnceLock<()> = OnceLock::new();
 /// Whether pollers may skip their yields: only background threads are runnable elsewhere.
 pub fn keep_cores() -> bool {
     KEEP_CORES.load(Ordering::Relaxed)
+}
+
+/// Whether every core but the caller's already has a runnable thread of another process of our
+/// weight: a team then runs its jobs on the caller alone. Beside two busy processes on two
+/// cores, helpers that had a core only half the time made a 2-thread prompt 0.60-1.32x as fast
+/// as 1 thread (median 0.73x, `bench/llama.sh`), though each window of jobs looked faster with
+/// them: the parts a descheduled helper holds stall the caller, and the helper's share comes out
+/// of the caller's. Beside one, 2 threads never did better than 1 in the medians of five runs
+/// (0.90-0.99x prefill, 1.00x decode) and took a third of a core from the busy process.
+pub fn crowded() -> bool {
+    CROWDED.load(Ordering::Relaxed)
 }
 
 /// Notes that a team is at work, starting the watcher thread the first time. Cheap: call it
@@ -190,9 +236,9 @@ pub fn at_work() {
 fn watch() {
     let epoch = *EPOCH.get_or_init(Instant::now);
     let (pid, nice) = (std::process::id(), own_nice());
-    let mut verdict = Verdict::default();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut verdict = Verdict::new(cores);
     let mut last_scan: Option<Instant> = None;
-    let mut pause = SCAN_EVERY;
     loop {
         let working = {
             let now = epoch.elapsed().as_millis() as u64;
@@ -200,13 +246,20 @@ fn watch() {
         };
         // While no team works the verdict is kept (a request after a pause starts with what
         // held before it) and refreshed only now and then.
-        if working || last_scan.is_none_or(|at| at.elapsed() > IDLE_SCAN_EVERY) {
+        let pause = if working || last_scan.is_none_or(|at| at.elapsed() > IDLE_SCAN_EVERY) {
             let started = Instant::now();
             KEEP_CORES.store(verdict.update(scan(pid, nice)), Ordering::Relaxed);
+            CROWDED.store(verdict.crowded(), Ordering::Relaxed);
             last_scan = Some(started);
-            // At most about 1% of a core, however many threads the device runs.
-            pause = SCAN_EVERY.max(started.elapsed() * 100);
-        }
+            // At most about 1% of a core, however many threads the device runs; a confirming
+            // scan, once per change of neighbours, may take up to a tenth.
+            match verdict.confirming() {
+                true => CONFIRM_AFTER.max(started.elapsed() * 10),
+                false => SCAN_EVERY.max(started.elapsed() * 100),
+            }
+        } else {
+            SCAN_EVERY
+        };
         std::thread::sleep(pause);
     }
 }
@@ -250,12 +303,17 @@ mod tests {
 
     #[test]
     fn pollers_keep_their_cores_only_after_clear_scans_in_a_row() {
-        let mut verdict = Verdict::default();
+        // Four cores: one peer leaves cores for helpers (no crowd streak to confirm).
+        let mut verdict = Verdict::new(4);
         let background = Scan { peers: 0, background: 2, hidden: false };
         let peer = Scan { peers: 1, ..background };
+        assert!(!verdict.confirming());
         assert!(!verdict.update(background));
+        assert!(verdict.confirming(), "one clear scan asks for a quick second one");
         assert!(verdict.update(background));
+        assert!(!verdict.confirming(), "the streak is long enough");
         assert!(!verdict.update(peer), "a peer brings the yields back at once");
+        assert!(!verdict.confirming(), "a peer ends the streak");
         assert!(!verdict.update(background));
         assert!(verdict.update(background));
         assert!(!verdict.update(Scan::default()), "nobody to yield to: yielding is free");
@@ -263,6 +321,31 @@ mod tests {
         let hidden = Scan { hidden: true, ..background };
         assert!(!verdict.update(hidden), "other users' processes unseen: yield as beside a peer");
         assert!(!verdict.update(background), "the streak starts again after a blind scan");
+    }
+
+    #[test]
+    fn a_team_is_crowded_out_only_when_no_core_is_left_for_a_helper_scan_after_scan() {
+        let peers = |peers| Scan { peers, background: 3, hidden: false };
+        let mut verdict = Verdict::new(4);
+        verdict.update(peers(2));
+        assert!(!verdict.crowded() && !verdict.confirming(), "a core is left for a helper");
+        verdict.update(peers(3));
+        assert!(!verdict.crowded(), "one scan is not enough");
+        assert!(verdict.confirming(), "the second comes soon");
+        verdict.update(peers(5));
+        assert!(verdict.crowded());
+        verdict.update(peers(2));
+        assert!(!verdict.crowded(), "a core frees: the helpers are back at once");
+        verdict.update(peers(3));
+        verdict.update(Scan { hidden: true, ..peers(3) });
+        assert!(!verdict.crowded(), "unseen neighbours are not counted as a crowd");
+        let mut two_cores = Verdict::new(2);
+        two_cores.update(peers(0));
+        two_cores.update(peers(0));
+        assert!(!two_cores.crowded(), "quiet");
+        two_cores.update(peers(1));
+        two_cores.update(peers(1));
+        assert!(two_cores.crowded(), "one busy process takes the helper's core");
     }
 
     /// A shell busy loop at this process's nice plus `increment` (what `nice -n` takes; the

@@ -20,6 +20,8 @@
 //!   freed core; while the only other runnable threads are of background priority
 //!   (`nice 19`, `SCHED_IDLE`), which a yield or a parked caller's core hands a whole slice,
 //!   the yields are skipped and the caller spins longer before it parks ([`neighbours`]);
+//! - while every core already has a runnable thread of another process of our weight
+//!   ([`neighbours::crowded`]), jobs run on the caller alone from the first one;
 //! - the caller measures what the helpers save ([`Balance`]): when they save too little (they
 //!   are not scheduled in time), the team runs jobs on the caller alone for a while, with the
 //!   helpers asleep, then tries them again. What the caller alone would take is judged from
@@ -122,6 +124,10 @@ struct Shared {
     /// Test hook: helpers do not claim parts while it is set, as if descheduled.
     #[cfg(test)]
     hold_helpers: AtomicBool,
+    /// Test hook: stands for the neighbours' [`neighbours::crowded`], which would make the
+    /// tests depend on what else the machine runs.
+    #[cfg(test)]
+    crowd: AtomicBool,
 }
 
 /// Counters of how a team ran its jobs, for benchmarks and logs.
@@ -155,6 +161,8 @@ impl SpinTeam {
             solo_jobs: AtomicU64::new(0),
             #[cfg(test)]
             hold_helpers: AtomicBool::new(false),
+            #[cfg(test)]
+            crowd: AtomicBool::new(false),
         });
         let mut team = SpinTeam {
             shared: shared.clone(),
@@ -204,7 +212,7 @@ impl SpinTeam {
             return (0..parts).for_each(part);
         }
         let mut dispatch = self.dispatch.lock().unwrap_or_else(|e| e.into_inner());
-        if dispatch.balance.solo() {
+        if crowded(shared) || dispatch.balance.solo() {
             shared.solo.store(true, Ordering::Relaxed);
             shared.solo_jobs.fetch_add(1, Ordering::Relaxed);
             return (0..parts).for_each(part);
@@ -395,6 +403,17 @@ fn held(shared: &Shared) -> bool {
 #[cfg(not(test))]
 fn held(_: &Shared) -> bool {
     false
+}
+
+/// Whether every core has a runnable thread of another process ([`neighbours::crowded`]).
+#[cfg(test)]
+fn crowded(shared: &Shared) -> bool {
+    shared.crowd.load(Ordering::SeqCst)
+}
+
+#[cfg(not(test))]
+fn crowded(_: &Shared) -> bool {
+    neighbours::crowded()
 }
 
 /// What the helpers save, judged over windows of [`WINDOW_JOBS`] jobs (or fewer, once they
@@ -719,6 +738,25 @@ mod tests {
             assert_eq!(threads, HashSet::from([caller]));
         }
         team.shared.hold_helpers.store(false, Ordering::SeqCst);
+        assert!(until_a_helper_helps(&team), "the helpers never came back");
+    }
+
+    /// While every core is taken by other processes, jobs run on the caller alone, counted as
+    /// solo, and the helpers come back once a core frees.
+    #[test]
+    fn a_crowded_team_runs_on_the_caller_alone_until_a_core_frees() {
+        let team = SpinTeam::new(2).unwrap();
+        let caller = std::thread::current().id();
+        team.shared.crowd.store(true, Ordering::SeqCst);
+        let before = team.stats();
+        for _ in 0..300 {
+            let (hits, threads) = job(&team, |_| std::thread::sleep(Duration::from_micros(20)));
+            assert_eq!(hits, [1, 1]);
+            assert_eq!(threads, HashSet::from([caller]));
+        }
+        let after = team.stats();
+        assert_eq!((after.solo_jobs - before.solo_jobs, after.team_jobs - before.team_jobs), (300, 0));
+        team.shared.crowd.store(false, Ordering::SeqCst);
         assert!(until_a_helper_helps(&team), "the helpers never came back");
     }
 
