@@ -20,8 +20,8 @@
 //!   freed core; while the only other runnable threads are of background priority
 //!   (`nice 19`, `SCHED_IDLE`), which a yield or a parked caller's core hands a whole slice,
 //!   the yields are skipped and the caller spins longer before it parks ([`neighbours`]);
-//! - while every core already has a runnable thread of another process of our weight
-//!   ([`neighbours::crowded`]), jobs run on the caller alone from the first one;
+//! - while every core but the caller's already has a runnable thread of another process of
+//!   our weight ([`neighbours::crowded`]), jobs run on the caller alone from the first one;
 //! - the caller measures what the helpers save ([`Balance`]): when they save too little (they
 //!   are not scheduled in time), the team runs jobs on the caller alone for a while, with the
 //!   helpers asleep, then tries them again. What the caller alone would take is judged from
@@ -214,7 +214,11 @@ impl SpinTeam {
         let mut dispatch = self.dispatch.lock().unwrap_or_else(|e| e.into_inner());
         if crowded(shared) || dispatch.balance.solo() {
             shared.solo.store(true, Ordering::Relaxed);
-            shared.solo_jobs.fetch_add(1, Ordering::Relaxed);
+            // The watcher keeps scanning only while teams work: a crowded team must hear
+            // within a scan, not ten seconds, that a core has freed.
+            if shared.solo_jobs.fetch_add(1, Ordering::Relaxed).is_multiple_of(64) {
+                neighbours::at_work();
+            }
             return (0..parts).for_each(part);
         }
         shared.solo.store(false, Ordering::Relaxed);
@@ -405,7 +409,8 @@ fn held(_: &Shared) -> bool {
     false
 }
 
-/// Whether every core has a runnable thread of another process ([`neighbours::crowded`]).
+/// Whether every core but the caller's has a runnable thread of another process
+/// ([`neighbours::crowded`]).
 #[cfg(test)]
 fn crowded(shared: &Shared) -> bool {
     shared.crowd.load(Ordering::SeqCst)
@@ -741,8 +746,8 @@ mod tests {
         assert!(until_a_helper_helps(&team), "the helpers never came back");
     }
 
-    /// While every core is taken by other processes, jobs run on the caller alone, counted as
-    /// solo, and the helpers come back once a core frees.
+    /// While every core but the caller's is taken by other processes, jobs run on the caller
+    /// alone, counted as solo, and the helpers come back once a core frees.
     #[test]
     fn a_crowded_team_runs_on_the_caller_alone_until_a_core_frees() {
         let team = SpinTeam::new(2).unwrap();
