@@ -90,6 +90,8 @@ pub struct SpinTeam {
 /// The dispatching caller's own state.
 struct Dispatch {
     epoch: u64,
+    /// Jobs dispatched, with the helpers or on the caller alone.
+    jobs: u64,
     balance: Balance,
 }
 
@@ -167,10 +169,11 @@ impl SpinTeam {
         let mut team = SpinTeam {
             shared: shared.clone(),
             helpers: Vec::new(),
-            dispatch: Mutex::new(Dispatch { epoch: 0, balance: Balance::new(threads, usable_cores()) }),
+            dispatch: Mutex::new(Dispatch { epoch: 0, jobs: 0, balance: Balance::new(threads, usable_cores()) }),
         };
         if threads > 1 {
-            // The neighbours' first scans happen while the model loads, before the first job.
+            // The neighbours' first scans happen before the first job (an engine starts the
+            // watcher earlier still, while its model loads).
             neighbours::at_work();
         }
         for i in 1..threads {
@@ -212,13 +215,15 @@ impl SpinTeam {
             return (0..parts).for_each(part);
         }
         let mut dispatch = self.dispatch.lock().unwrap_or_else(|e| e.into_inner());
+        // The watcher keeps scanning only while teams work, solo jobs included: a crowded team
+        // must hear within a scan, not ten seconds, that a core has freed.
+        dispatch.jobs += 1;
+        if dispatch.jobs.is_multiple_of(64) {
+            neighbours::at_work();
+        }
         if crowded(shared) || dispatch.balance.solo() {
             shared.solo.store(true, Ordering::Relaxed);
-            // The watcher keeps scanning only while teams work: a crowded team must hear
-            // within a scan, not ten seconds, that a core has freed.
-            if shared.solo_jobs.fetch_add(1, Ordering::Relaxed).is_multiple_of(64) {
-                neighbours::at_work();
-            }
+            shared.solo_jobs.fetch_add(1, Ordering::Relaxed);
             return (0..parts).for_each(part);
         }
         shared.solo.store(false, Ordering::Relaxed);
@@ -226,9 +231,6 @@ impl SpinTeam {
         let started = Instant::now();
         dispatch.epoch += 1;
         let epoch = dispatch.epoch;
-        if epoch.is_multiple_of(64) {
-            neighbours::at_work();
-        }
         shared.job.store(&part as *const &(dyn Fn(usize) + Sync) as *mut (), Ordering::Relaxed);
         shared.helper_done.store(0, Ordering::Relaxed);
         shared.parts.store(parts, Ordering::Relaxed);
