@@ -8,7 +8,7 @@ use std::time::Instant;
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 
-use edgellm_engine::{Engine, Flow, GenerateRequest, SamplingParams};
+use edgellm_engine::{CpuTimes, Engine, Flow, GenerateRequest, SamplingParams};
 use edgellm_pipeline::{AnswerRequest, AnswerSink, Pipeline, PromptInput};
 use edgellm_protocol::GenerateParams;
 pub use edgellm_server::budget::MemoryBudget;
@@ -289,6 +289,10 @@ pub struct BenchRow {
     /// calling thread alone (helpers judged too slow to help, or every core taken by others).
     pub team_jobs: u64,
     pub solo_jobs: u64,
+    /// The part of the measured prompt and decode the calling thread spent on a core rather
+    /// than waiting for one (`null` where the kernel does not say): beside busy processes it
+    /// tells the scheduler's luck of a run from the engine's own speed.
+    pub caller_core_share: Option<f64>,
     /// Per-operator times (with `--profile`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub profile: Option<Vec<edgellm_engine::PhaseProfile>>,
@@ -337,7 +341,10 @@ pub fn bench(
         engine.generate(&GenerateRequest { max_new_tokens: 4, ..request.clone() }, |_| Flow::Continue)?;
         // Prefill is measured from scratch (shared_prefix_len 0: no cached system prompt).
         let team_before = engine.team_stats().unwrap_or_default();
+        let times_before = CpuTimes::of_this_thread();
         let g = engine.generate(&request, |_| Flow::Continue)?;
+        let caller_core_share =
+            CpuTimes::of_this_thread().zip(times_before).and_then(|(end, start)| end.since(start).share());
         let team = engine.team_stats().unwrap_or_default();
         let t = &g.timings;
         // Prefix reuse, before and after.
@@ -371,6 +378,7 @@ pub fn bench(
             rss_mib: rss_mib().0,
             team_jobs: team.team_jobs - team_before.team_jobs,
             solo_jobs: team.solo_jobs - team_before.solo_jobs,
+            caller_core_share,
             profile: if profile { Some(engine.profile(&prepared.ids, PROFILED_DECODE_STEPS)?) } else { None },
         });
         prompt_ids = prepared.ids.clone();

@@ -36,6 +36,8 @@ use tract_onnx::prelude::*;
 pub use compiled_cache::CacheOutcome;
 /// The kernel path this CPU runs (and `EDGELLM_ISA` may lower), for callers that report it.
 pub use edgellm_kernels::Isa;
+/// A thread's time on a core and waiting for one: benchmarks read how much of a core a request had.
+pub use edgellm_kernels::spin_team::CpuTimes;
 pub use embedder::{Embedder, EmbedderInfo, EmbedderManifest};
 pub use family::ModelFamily;
 pub use manifest::{ModelDims, ModelManifest, SpecialTokens};

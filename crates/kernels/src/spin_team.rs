@@ -29,6 +29,7 @@
 //!   of the cores slows those parts too, and would otherwise make them look worth keeping.
 
 use std::cell::RefCell;
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{JoinHandle, Thread, ThreadId};
@@ -209,10 +210,27 @@ impl SpinTeam {
     /// descheduled helper holds small, since the caller claims every part no helper has
     /// started; the job then waits at most for the one part a helper lost its core in.
     pub fn run_parts(&self, parts: usize, part: &(dyn Fn(usize) + Sync)) {
+        self.run_job(parts, part, &|parts| (0..parts).for_each(part))
+    }
+
+    /// Runs `range` over `0..units` in `parts` runs of consecutive units (sizes that differ by
+    /// at most one), shared out as [`SpinTeam::run_parts`] shares parts; a job the caller runs
+    /// alone (a team of one, crowded, or set aside) is one call over all the units, as on a
+    /// team of one thread: no part's set-up is paid more than once.
+    pub fn run_ranges(&self, units: usize, parts: usize, range: &(dyn Fn(Range<usize>) + Sync)) {
+        if units == 0 {
+            return;
+        }
+        let parts = parts.clamp(1, units);
+        self.run_job(parts, &|i| range(i * units / parts..(i + 1) * units / parts), &|_| range(0..units))
+    }
+
+    /// One job of `parts` parts, or `alone(parts)` where the caller runs it by itself.
+    fn run_job(&self, parts: usize, part: &(dyn Fn(usize) + Sync), alone: &dyn Fn(usize)) {
         let shared = &*self.shared;
         let parts = parts.clamp(1, CLAIM_MASK as usize / 2);
         if self.helpers.is_empty() {
-            return (0..parts).for_each(part);
+            return alone(parts);
         }
         let mut dispatch = self.dispatch.lock().unwrap_or_else(|e| e.into_inner());
         // The watcher keeps scanning only while teams work, solo jobs included: a crowded team
@@ -224,7 +242,7 @@ impl SpinTeam {
         if crowded(shared) || dispatch.balance.solo() {
             shared.solo.store(true, Ordering::Relaxed);
             shared.solo_jobs.fetch_add(1, Ordering::Relaxed);
-            return (0..parts).for_each(part);
+            return alone(parts);
         }
         shared.solo.store(false, Ordering::Relaxed);
         shared.team_jobs.fetch_add(1, Ordering::Relaxed);
@@ -513,15 +531,15 @@ impl Balance {
 /// A thread's time on a CPU and time spent runnable but waiting for one, from the scheduler's
 /// statistics: how much of a core the thread had, with its sleeps left out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct CpuTimes {
-    running_ns: u64,
-    waiting_ns: u64,
+pub struct CpuTimes {
+    pub running_ns: u64,
+    pub waiting_ns: u64,
 }
 
 impl CpuTimes {
     /// The calling thread's, from `/proc/thread-self/schedstat` (a few microseconds: read once
     /// a window), or `None` where the kernel keeps no such statistics.
-    fn of_this_thread() -> Option<CpuTimes> {
+    pub fn of_this_thread() -> Option<CpuTimes> {
         use std::io::Read;
         if !cfg!(target_os = "linux") {
             return None;
@@ -532,11 +550,18 @@ impl CpuTimes {
         Some(CpuTimes { running_ns: fields.next()?.parse().ok()?, waiting_ns: fields.next()?.parse().ok()? })
     }
 
-    fn since(self, start: CpuTimes) -> CpuTimes {
+    pub fn since(self, start: CpuTimes) -> CpuTimes {
         CpuTimes {
             running_ns: self.running_ns.saturating_sub(start.running_ns),
             waiting_ns: self.waiting_ns.saturating_sub(start.waiting_ns),
         }
+    }
+
+    /// The part of its runnable time the thread spent on a core (1 when it never waited), or
+    /// `None` when it was never runnable.
+    pub fn share(self) -> Option<f64> {
+        let total = self.running_ns + self.waiting_ns;
+        (total > 0).then(|| self.running_ns as f64 / total as f64)
     }
 }
 
@@ -547,11 +572,10 @@ impl CpuTimes {
 /// helpers it would sit among that many fewer. 1 when the caller had its core (quiet, or
 /// unknown); beside two busy processes on two cores 0.5 / (2/3) = 0.75; beside one, 2/3.
 fn alone_share_correction(window: CpuTimes, cores: usize, threads: usize) -> f64 {
-    let total = window.running_ns + window.waiting_ns;
-    if total == 0 {
+    let Some(share) = window.share() else {
         return 1.0;
-    }
-    let share = (window.running_ns as f64 / total as f64).max(1e-3);
+    };
+    let share = share.max(1e-3);
     let runnable = cores.max(1) as f64 / share;
     let runnable_alone = (runnable - threads.saturating_sub(1) as f64).max(1.0);
     let share_alone = (cores.max(1) as f64 / runnable_alone).min(1.0);
@@ -765,6 +789,33 @@ mod tests {
         assert_eq!((after.solo_jobs - before.solo_jobs, after.team_jobs - before.team_jobs), (300, 0));
         team.shared.crowd.store(false, Ordering::SeqCst);
         assert!(until_a_helper_helps(&team), "the helpers never came back");
+    }
+
+    /// Ranges share out every unit exactly once in runs whose sizes differ by at most one; a
+    /// crowded team, and a team of one, make one call over all the units instead.
+    #[test]
+    fn ranges_cover_every_unit_once_and_the_caller_alone_takes_them_in_one_call() {
+        let ranges_of = |team: &SpinTeam, units: usize, parts: usize| {
+            let calls = Mutex::new(Vec::new());
+            team.run_ranges(units, parts, &|range| calls.lock().unwrap().push(range));
+            let mut calls = calls.into_inner().unwrap();
+            calls.sort_by_key(|r| r.start);
+            calls
+        };
+        let team = SpinTeam::new(2).unwrap();
+        for (units, parts) in [(10, 4), (3, 8), (1, 2), (17, 17), (40, 1)] {
+            let calls = ranges_of(&team, units, parts);
+            assert_eq!(calls.len(), parts.min(units), "{units} units in {parts} parts: {calls:?}");
+            assert!(calls.windows(2).all(|w| w[0].end == w[1].start), "{calls:?}");
+            assert_eq!((calls[0].start, calls[calls.len() - 1].end), (0, units), "{calls:?}");
+            let (shortest, longest) = (calls.iter().map(|r| r.len()).min(), calls.iter().map(|r| r.len()).max());
+            assert!(shortest.unwrap() + 1 >= longest.unwrap() && shortest > Some(0), "{calls:?}");
+        }
+        assert!(ranges_of(&team, 0, 4).is_empty(), "no units, no call");
+        team.shared.crowd.store(true, Ordering::SeqCst);
+        assert_eq!(ranges_of(&team, 10, 4), [0..10]);
+        team.shared.crowd.store(false, Ordering::SeqCst);
+        assert_eq!(ranges_of(&SpinTeam::new(1).unwrap(), 10, 4), [0..10]);
     }
 
     /// A helper that started a part and then is slow (descheduled, or a long part) is waited

@@ -465,12 +465,8 @@ pub fn products(weights: &[Weight], columns: &Columns, team: Option<&SpinTeam>, 
     };
     match team {
         Some(team) if team.threads() > 1 && n_panels * PANEL_ROWS * n * k >= PARALLEL_MIN_MACS => {
-            let parts = parts_of(n_panels * PANEL_ROWS * n * k, team.threads()).min(n_panels);
-            // Part i covers panels [i n / parts, (i + 1) n / parts): sizes that differ by one.
-            team.run_parts(parts, &|i| {
-                let first = i * n_panels / parts;
-                run(first, (i + 1) * n_panels / parts - first)
-            });
+            let parts = parts_of(n_panels * PANEL_ROWS * n * k, team.threads());
+            team.run_ranges(n_panels, parts, &|panels| run(panels.start, panels.len()));
         }
         _ => run(0, n_panels),
     }
