@@ -221,7 +221,8 @@ impl SpinTeam {
         if units == 0 {
             return;
         }
-        let parts = parts.clamp(1, units);
+        // Clamped as `run_job` clamps, so that the ranges of the parts it runs cover every unit.
+        let parts = parts.clamp(1, units.min(CLAIM_MASK as usize / 2));
         self.run_job(parts, &|i| range(i * units / parts..(i + 1) * units / parts), &|_| range(0..units))
     }
 
@@ -803,9 +804,9 @@ mod tests {
             calls
         };
         let team = SpinTeam::new(2).unwrap();
-        for (units, parts) in [(10, 4), (3, 8), (1, 2), (17, 17), (40, 1)] {
+        for (units, parts) in [(10, 4), (3, 8), (1, 2), (17, 17), (40, 1), (70_000, 50_000)] {
             let calls = ranges_of(&team, units, parts);
-            assert_eq!(calls.len(), parts.min(units), "{units} units in {parts} parts: {calls:?}");
+            assert_eq!(calls.len(), parts.min(units).min(CLAIM_MASK as usize / 2), "{units} units in {parts} parts");
             assert!(calls.windows(2).all(|w| w[0].1 == w[1].0), "{calls:?}");
             assert_eq!((calls[0].0, calls[calls.len() - 1].1), (0, units), "{calls:?}");
             let (shortest, longest) = (calls.iter().map(|r| r.1 - r.0).min(), calls.iter().map(|r| r.1 - r.0).max());
