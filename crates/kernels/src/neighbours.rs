@@ -233,11 +233,15 @@ pub fn at_work() {
     });
 }
 
+/// The cores this process may run on (its affinity and CPU quota), at least 1.
+pub(crate) fn usable_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
 fn watch() {
     let epoch = *EPOCH.get_or_init(Instant::now);
     let (pid, nice) = (std::process::id(), own_nice());
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut verdict = Verdict::new(cores);
+    let mut verdict = Verdict::new(usable_cores());
     let mut last_scan: Option<Instant> = None;
     loop {
         let working = {

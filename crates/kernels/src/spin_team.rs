@@ -138,7 +138,8 @@ struct Shared {
 pub struct TeamStats {
     /// Jobs shared with the helpers.
     pub team_jobs: u64,
-    /// Jobs run on the caller alone because the helpers were judged too slow to help.
+    /// Jobs run on the caller alone: the helpers were judged too slow to help, or every core
+    /// but the caller's was taken by other processes ([`neighbours::crowded`]).
     pub solo_jobs: u64,
 }
 
@@ -170,7 +171,11 @@ impl SpinTeam {
         let mut team = SpinTeam {
             shared: shared.clone(),
             helpers: Vec::new(),
-            dispatch: Mutex::new(Dispatch { epoch: 0, jobs: 0, balance: Balance::new(threads, usable_cores()) }),
+            dispatch: Mutex::new(Dispatch {
+                epoch: 0,
+                jobs: 0,
+                balance: Balance::new(threads, neighbours::usable_cores()),
+            }),
         };
         if threads > 1 {
             // The neighbours' first scans happen before the first job (an engine starts the
@@ -581,11 +586,6 @@ fn alone_share_correction(window: CpuTimes, cores: usize, threads: usize) -> f64
     let runnable_alone = (runnable - threads.saturating_sub(1) as f64).max(1.0);
     let share_alone = (cores.max(1) as f64 / runnable_alone).min(1.0);
     (share / share_alone).min(1.0)
-}
-
-/// The cores this process may run on (its affinity and CPU quota), at least 1.
-fn usable_cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 thread_local! {
